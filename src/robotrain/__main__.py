@@ -1,0 +1,3 @@
+from robotrain.cli import main
+
+raise SystemExit(main())

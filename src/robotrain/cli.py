@@ -1,0 +1,132 @@
+"""The `robotrain` command: train | eval | dataset | demo. The only module that prints.
+
+Exit codes: 0 done, 1 the command could not do its work, 2 a user error (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from robotrain import __version__
+from robotrain.errors import UserError, did_you_mean, find_user_error
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+DATASET_COMMANDS = {
+    "info": "summary of a dataset: episodes, frames, fps, features, tasks, size",
+    "validate": "check every invariant of a dataset and report all problems",
+    "visualize": "render an episode's cameras with state and action curves",
+    "convert": "convert a v2.1 dataset to v3.0",
+    "record-sim": "record scripted-expert demonstrations in simulation as a dataset",
+}
+USAGE = f"""usage: robotrain <command> [--flag=value ...]
+
+robotrain {__version__}: train robot policies from demonstrations (LeRobot-compatible).
+
+commands:
+  train     train a policy on a dataset (same flags as lerobot-train)
+  eval      evaluate a policy in simulation (same flags as lerobot-eval)
+  dataset   dataset tools: {', '.join(DATASET_COMMANDS)}
+  demo      record demonstrations, train and evaluate a small policy, all locally
+
+Run `robotrain <command> --help` for its flags.
+"""
+
+
+class _CliFormatter(logging.Formatter):
+    """Notes print as they are; other warnings and errors get a 'warning:' / 'error:' prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and not message.startswith("note:"):
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CliFormatter())
+    root = logging.getLogger("robotrain")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _not_yet_available(command: str, what: str) -> int:
+    print(f"robotrain {command}: {what} is not yet available in this version of robotrain; "
+          "nothing was run or written.", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_train(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_train_config
+    from robotrain.configs.train import config_to_dict
+
+    cfg = parse_train_config(argv)
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    return _not_yet_available("train", "the training loop (the configuration above is valid)")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_eval_config
+    from robotrain.configs.train import config_to_dict
+
+    cfg = parse_eval_config(argv)
+    print(json.dumps(config_to_dict(cfg), indent=2))
+    return _not_yet_available("eval", "simulation evaluation (the configuration above is valid)")
+
+
+def cmd_dataset(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        lines = [f"  {name:<11} {doc}" for name, doc in DATASET_COMMANDS.items()]
+        print("usage: robotrain dataset <tool> [--flag=value ...]\n\ntools:\n" + "\n".join(lines))
+        return EXIT_OK if argv else EXIT_USER_ERROR
+    tool = argv[0]
+    if tool not in DATASET_COMMANDS:
+        guess = did_you_mean(tool, DATASET_COMMANDS)
+        hint = f"did you mean `robotrain dataset {guess}`?" if guess else f"choose one of {', '.join(DATASET_COMMANDS)}"
+        raise UserError(f"'{tool}' is not a dataset tool; {hint}")
+    return _not_yet_available(f"dataset {tool}", f"`dataset {tool}`")
+
+
+def cmd_demo(argv: list[str]) -> int:
+    return _not_yet_available("demo", "the demo (record, train, evaluate)")
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train, "eval": cmd_eval, "dataset": cmd_dataset, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `robotrain` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return EXIT_OK if argv else EXIT_USER_ERROR
+    if argv[0] == "--version":
+        print(f"robotrain {__version__}")
+        return EXIT_OK
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        guess = did_you_mean(command, COMMANDS)
+        hint = f"did you mean `robotrain {guess}`?" if guess else f"choose one of {', '.join(COMMANDS)}"
+        print(f"robotrain: '{command}' is not a command; {hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    _setup_logging()
+    from robotrain.configs.parser import HelpRequested
+
+    try:
+        return COMMANDS[command](rest)
+    except HelpRequested as request:
+        print(request.text, end="")
+        return EXIT_OK
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"robotrain {command}: error: {user_error}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -1,0 +1,1 @@
+"""Configuration dataclasses and the command-line parser."""

@@ -1,0 +1,149 @@
+"""Dataset, evaluation and Weights & Biases settings (field names and defaults as LeRobot's)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robotrain.errors import ConfigError
+
+VIDEO_BACKENDS = ("pyav", "torchcodec")
+WANDB_MODES = ("online", "offline", "disabled")
+# A Hub-style id: one or two path segments of safe characters, never `..` (it names a folder under the cache).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass
+class ImageTransformConfig:
+    """One augmentation: a transform type, its arguments and how often it is picked."""
+
+    weight: float = 1.0
+    """Relative probability of picking this transform; 0 or less disables it."""
+    type: str = "Identity"
+    """Transform name, e.g. ColorJitter, SharpnessJitter, RandomAffine."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of the transform, e.g. {brightness: [0.8, 1.2]}."""
+
+
+def _default_image_transforms() -> dict[str, ImageTransformConfig]:
+    return {
+        # Lists, not tuples: kwargs are free-form, so JSON gives lists back and a saved config must equal its load.
+        "brightness": ImageTransformConfig(1.0, "ColorJitter", {"brightness": [0.8, 1.2]}),
+        "contrast": ImageTransformConfig(1.0, "ColorJitter", {"contrast": [0.8, 1.2]}),
+        "saturation": ImageTransformConfig(1.0, "ColorJitter", {"saturation": [0.5, 1.5]}),
+        "hue": ImageTransformConfig(1.0, "ColorJitter", {"hue": [-0.05, 0.05]}),
+        "sharpness": ImageTransformConfig(1.0, "SharpnessJitter", {"sharpness": [0.5, 1.5]}),
+        "affine": ImageTransformConfig(1.0, "RandomAffine", {"degrees": [-5.0, 5.0], "translate": [0.05, 0.05]}),
+    }
+
+
+@dataclass
+class ImageTransformsConfig:
+    """Camera augmentations applied in training (off by default), a random subset per sample."""
+
+    enable: bool = False
+    """Apply augmentations to camera frames during training."""
+    max_num_transforms: int = 3
+    """How many of the transforms below are applied to each frame at most."""
+    random_order: bool = False
+    """Apply the picked transforms in random order instead of the order listed."""
+    tfs: dict[str, ImageTransformConfig] = field(default_factory=_default_image_transforms)
+    """The available transforms by name."""
+
+    def validate(self) -> None:
+        if self.max_num_transforms < 1:
+            raise ConfigError("max_num_transforms", self.max_num_transforms, "must be at least 1",
+                              "pick how many transforms apply per frame, e.g. 3, or set enable=false")
+
+
+@dataclass
+class DatasetConfig:
+    """Which LeRobot dataset to train on and how to read it."""
+
+    repo_id: str
+    """Dataset id, e.g. lerobot/pusht: a folder under $HF_LEROBOT_HOME, or a Hub repo when online."""
+    root: Path | None = None
+    """Local folder holding the dataset; overrides the cache lookup (works offline)."""
+    episodes: list[int] | None = None
+    """Train on these episode indices only, e.g. [0,1,2]; null uses every episode."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to download; null means the format's tag, v3.0."""
+    image_transforms: ImageTransformsConfig = field(default_factory=ImageTransformsConfig)
+    """Camera augmentations used in training."""
+    video_backend: str = "pyav"
+    """Video decoder: pyav (bundled with PyAV) or torchcodec (if installed)."""
+    use_imagenet_stats: bool = True
+    """Normalize cameras with ImageNet mean/std instead of the dataset's (suits pretrained backbones)."""
+
+    def validate(self) -> None:
+        if not _REPO_ID.match(self.repo_id) or ".." in self.repo_id:
+            raise ConfigError("repo_id", self.repo_id,
+                              "is not a dataset id (letters, digits, '.', '_', '-', at most one '/', no '..')",
+                              "use an id such as lerobot/pusht, and --dataset.root=DIR for a folder elsewhere")
+        if self.episodes is not None:
+            negative = [e for e in self.episodes if e < 0]
+            if negative:
+                raise ConfigError("episodes", self.episodes, f"episode indices cannot be negative ({negative[0]})",
+                                  "list indices from 0, e.g. --dataset.episodes=[0,1,2]")
+            if len(set(self.episodes)) != len(self.episodes):
+                raise ConfigError("episodes", self.episodes, "lists an episode twice",
+                                  "list each episode index once")
+            if not self.episodes:
+                raise ConfigError("episodes", self.episodes, "selects no episode",
+                                  "list at least one index, or use null for all episodes")
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ConfigError("video_backend", self.video_backend,
+                              f"is not a video backend (choose one of {', '.join(VIDEO_BACKENDS)})",
+                              "use --dataset.video_backend=pyav")
+
+
+@dataclass
+class EvalConfig:
+    """Simulation rollouts: how many episodes and how many environments at once."""
+
+    n_episodes: int = 50
+    """Number of episodes to roll out."""
+    batch_size: int = 0
+    """Environments stepped together; 0 picks min(70% of CPU cores, n_episodes, 64)."""
+    use_async_envs: bool = True
+    """Step environments in subprocesses (faster for slow simulators) instead of in this process."""
+
+    def validate(self) -> None:
+        if self.n_episodes < 1:
+            raise ConfigError("n_episodes", self.n_episodes, "must be at least 1", "e.g. --eval.n_episodes=50")
+        if self.batch_size < 0:
+            raise ConfigError("batch_size", self.batch_size, "cannot be negative",
+                              "use 0 for automatic, or a positive number of environments")
+        if self.batch_size > self.n_episodes:
+            raise ConfigError("batch_size", self.batch_size,
+                              f"is more environments than episodes (n_episodes={self.n_episodes})",
+                              f"set it to at most {self.n_episodes}, or 0 for automatic")
+
+
+@dataclass
+class WandBConfig:
+    """Weights & Biases logging (optional extra `wandb`)."""
+
+    enable: bool = False
+    """Log metrics, videos and checkpoints to Weights & Biases."""
+    disable_artifact: bool = False
+    """Do not upload checkpoints as W&B artifacts (saves bandwidth and storage)."""
+    project: str = "robotrain"
+    """W&B project name."""
+    entity: str | None = None
+    """W&B team or user; null uses your default entity."""
+    notes: str | None = None
+    """Free-text notes attached to the run."""
+    run_id: str | None = None
+    """Run id; set automatically so that a resumed training continues the same W&B run."""
+    mode: str | None = None
+    """online, offline (no network: sync later with `wandb sync`) or disabled; null means online."""
+    add_tags: bool = True
+    """Tag the run with the policy, dataset, env and seed."""
+
+    def validate(self) -> None:
+        if self.mode is not None and self.mode not in WANDB_MODES:
+            raise ConfigError("mode", self.mode, f"is not a W&B mode (choose one of {', '.join(WANDB_MODES)})",
+                              "use --wandb.mode=offline to log without network")

@@ -1,0 +1,217 @@
+"""The configs of `robotrain train` and `robotrain eval`, their cross-field rules, and train_config.json I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+
+import robotrain.envs  # noqa: F401  (registers --env.type choices)
+import robotrain.policies  # noqa: F401  (registers --policy.type choices)
+from robotrain.configs.default import DatasetConfig, EvalConfig, WandBConfig
+from robotrain.configs.policies import PolicyConfig
+from robotrain.envs.configs import EnvConfig
+from robotrain.errors import ConfigError
+from robotrain.optim.optimizers import OptimizerConfig
+from robotrain.optim.schedulers import LRSchedulerConfig
+
+TRAIN_CONFIG_NAME = "train_config.json"
+POLICY_CONFIG_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT_LINK = "last"
+PRETRAINED_MODEL_DIR = "pretrained_model"
+TRAINING_STATE_DIR = "training_state"
+
+
+@dataclass
+class TrainConfig:
+    """Everything `robotrain train` needs; saved as train_config.json in every checkpoint."""
+
+    dataset: DatasetConfig
+    """The dataset to train on."""
+    env: EnvConfig | None = None
+    """Simulation env for evaluation during training (--env.type=pusht|aloha|xarm); null: no sim eval."""
+    policy: PolicyConfig | None = None
+    """The policy: --policy.type=act|diffusion|tdmpc|vqbet|smolvla, or --policy.path=DIR to fine-tune."""
+    output_dir: Path | None = None
+    """Where checkpoints, logs and plots go; default outputs/train/<date>/<time>_<job_name>."""
+    job_name: str | None = None
+    """Run name; default <env>_<policy> (or <policy> without an env)."""
+    resume: bool = False
+    """Continue the run of --config_path (a checkpoint's pretrained_model) or of --output_dir."""
+    seed: int | None = 1000
+    """Seed of model init, data order and eval environments; null: not seeded."""
+    num_workers: int | None = None
+    """Data loader processes; null picks from the CPU count and whether frames are cached."""
+    batch_size: int = 8
+    """Samples per optimizer step."""
+    steps: int = 100_000
+    """Optimizer steps to train for (in total, counting resumed steps)."""
+    eval_freq: int = 20_000
+    """Evaluate in simulation every this many steps (needs --env.type); 0 disables."""
+    log_freq: int = 200
+    """Print a log line every this many steps."""
+    tolerance_s: float = 1e-4
+    """Largest allowed gap (seconds) between a requested and a stored frame timestamp."""
+    save_checkpoint: bool = True
+    """Save checkpoints (every save_freq steps and at the end)."""
+    save_freq: int = 20_000
+    """Save a checkpoint every this many steps; 0 saves only at the end."""
+    use_policy_training_preset: bool = True
+    """Train with the policy's optimizer and schedule (its optimizer_* and scheduler_* fields)."""
+    optimizer: OptimizerConfig | None = None
+    """Optimizer when the preset is off: --optimizer.type=adam|adamw|sgd."""
+    scheduler: LRSchedulerConfig | None = None
+    """LR schedule when the preset is off: --scheduler.type=diffuser|cosine|vqbet|cosine_decay_with_warmup."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Simulation evaluation settings."""
+    wandb: WandBConfig = field(default_factory=WandBConfig)
+    """Weights & Biases logging."""
+    checkpoint_path: Path | None = field(default=None, init=False, repr=False, compare=False)
+    # Set when resuming: the checkpoints/<step> directory the run continues from. Not a flag.
+
+    def validate(self) -> None:
+        for name in ("batch_size", "steps", "log_freq"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "must be at least 1", f"use a positive --{name}")
+        for name in ("eval_freq", "save_freq"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, getattr(self, name), "cannot be negative",
+                                  f"use 0 to disable, or a positive --{name}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError("num_workers", self.num_workers, "cannot be negative",
+                              "use 0 (load in the main process) or more")
+        if self.tolerance_s <= 0:
+            raise ConfigError("tolerance_s", self.tolerance_s, "must be positive", "e.g. --tolerance_s=1e-4")
+
+
+@dataclass
+class EvalPipelineConfig:
+    """Everything `robotrain eval` needs."""
+
+    env: EnvConfig
+    """The simulation env: --env.type=pusht|aloha|xarm."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How many episodes, how many envs at once."""
+    policy: PolicyConfig | None = None
+    """The policy to evaluate: --policy.path=<run>/checkpoints/last/pretrained_model (or a Hub id)."""
+    output_dir: Path | None = None
+    """Where eval_info.json and videos go; default outputs/eval/<date>/<time>_<env>_<policy>."""
+    job_name: str | None = None
+    """Name of this evaluation; default <env>_<policy>."""
+    seed: int | None = 1000
+    """Seed of the first episode; episode i uses seed + i."""
+
+
+def default_output_dir(kind: str, job_name: str, now: dt.datetime | None = None) -> Path:
+    """outputs/<kind>/YYYY-MM-DD/HH-MM-SS_<job_name>, as LeRobot names runs."""
+    now = now or dt.datetime.now()
+    return Path("outputs") / kind / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{job_name}"
+
+
+def is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume_checkpoint: Path | None) -> TrainConfig:
+    """Fill derived fields (presets, job name, output dir) and apply the rules that span fields or touch disk."""
+    if cfg.policy is None:
+        raise ConfigError("policy.type", None, "no policy chosen",
+                          "add --policy.type=act (or diffusion, tdmpc, vqbet, smolvla), or --policy.path=DIR "
+                          "to fine-tune a trained policy")
+    _apply_training_preset(cfg, cli_flags)
+    cfg.job_name = cfg.job_name or (f"{cfg.env.type}_{cfg.policy.type}" if cfg.env else cfg.policy.type)
+    if cfg.resume:
+        assert resume_checkpoint is not None, "the parser finds the checkpoint of a resumed run"
+        cfg.checkpoint_path = resume_checkpoint
+        cfg.policy.pretrained_path = resume_checkpoint / PRETRAINED_MODEL_DIR
+        if cfg.output_dir is None:
+            cfg.output_dir = resume_checkpoint.parent.parent
+    else:
+        if cfg.output_dir is None:
+            cfg.output_dir = default_output_dir("train", cfg.job_name)
+        if is_nonempty_dir(cfg.output_dir):
+            raise ConfigError("output_dir", cfg.output_dir, "already exists and holds files from another run",
+                              "add --resume=true to continue that run, or choose a new --output_dir")
+        if cfg.output_dir.exists() and not cfg.output_dir.is_dir():
+            raise ConfigError("output_dir", cfg.output_dir, "is a file, not a directory", "choose a new --output_dir")
+    _check_writable(cfg.output_dir)
+    return cfg
+
+
+def _apply_training_preset(cfg: TrainConfig, cli_flags: set[str]) -> None:
+    """The policy's preset sets optimizer and scheduler, so a flag for either would be silently overridden:
+    refuse it instead. A resumed run keeps the optimizer and schedule it was saved with."""
+    assert cfg.policy is not None
+    if not cfg.use_policy_training_preset:
+        if cfg.optimizer is None:
+            raise ConfigError("optimizer.type", None, "is needed when --use_policy_training_preset=false",
+                              "add --optimizer.type=adamw (or adam, sgd) and its --optimizer.lr")
+        return
+    overridden = sorted(f for f in cli_flags if f.split(".")[0] in ("optimizer", "scheduler"))
+    if overridden:
+        raise ConfigError(overridden[0], None,
+                          f"is ignored while the policy's training preset is on (the {cfg.policy.type} preset "
+                          "sets the optimizer and schedule)",
+                          "set the preset's fields instead (e.g. --policy.optimizer_lr=...), or add "
+                          "--use_policy_training_preset=false to configure --optimizer.* and --scheduler.* yourself")
+    if cfg.resume and cfg.optimizer is not None:
+        return
+    cfg.optimizer = cfg.policy.get_optimizer_preset()
+    cfg.scheduler = cfg.policy.get_scheduler_preset()
+
+
+def _check_writable(output_dir: Path) -> None:
+    """Fail before any work when the run directory cannot be created or written."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError("output_dir", output_dir, f"cannot be created ({existing} is a file)",
+                          "choose a --output_dir whose parent folders are folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("output_dir", output_dir, f"cannot be written ({existing} is not writable)",
+                          "choose a --output_dir in a folder you can write to")
+
+
+def resolve_eval_config(cfg: EvalPipelineConfig) -> EvalPipelineConfig:
+    """Derived fields and disk rules of `robotrain eval`."""
+    if cfg.policy is None:
+        raise ConfigError("policy.path", None, "no policy to evaluate",
+                          "add --policy.path=<run>/checkpoints/last/pretrained_model (or a Hub id)")
+    cfg.job_name = cfg.job_name or f"{cfg.env.type}_{cfg.policy.type}"
+    if cfg.output_dir is None:
+        cfg.output_dir = default_output_dir("eval", cfg.job_name)
+    elif is_nonempty_dir(cfg.output_dir):
+        raise ConfigError("output_dir", cfg.output_dir, "already exists and holds files",
+                          "choose a new --output_dir so earlier results are kept")
+    _check_writable(cfg.output_dir)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON data with a "type" key for each choice, as train_config.json stores it."""
+    data = draccus.encode(cfg)
+    if isinstance(cfg, TrainConfig):
+        data.pop("checkpoint_path", None)
+    return data
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    """Write `cfg` as indented JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config_to_dict(cfg), indent=4) + "\n")
+    os.replace(tmp, path)
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Read a train_config.json written by save_config (or by LeRobot) back into a TrainConfig, exactly."""
+    from robotrain.configs.parser import read_config_file
+
+    return read_config_file(TrainConfig, Path(path))

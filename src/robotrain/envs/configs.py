@@ -1,0 +1,191 @@
+"""Environment configs: task, rate, episode length and the features a policy gets from each observation type.
+
+fps and episode lengths are LeRobot's (PushT 10 Hz / 300 steps, ALOHA 50 Hz / 400, xArm 15 Hz / 200), so policies
+trained on LeRobot's datasets act at the rate they were recorded at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import draccus
+
+from robotrain.configs.types import FeatureType, PolicyFeature
+from robotrain.errors import ConfigError, did_you_mean
+
+ACTION = "action"
+
+
+@dataclass
+class EnvConfig(draccus.ChoiceRegistry):
+    """Fields every simulated environment has."""
+
+    task: str = ""
+    """Gym task id within the env's package, e.g. AlohaTransferCube-v0."""
+    fps: int = 30
+    """Control rate (steps per second) and the rate of recorded videos."""
+    episode_length: int = 300
+    """Steps before an episode is truncated."""
+    obs_type: str = "pixels_agent_pos"
+    """What the environment observes; decides the policy's input features."""
+    render_mode: str = "rgb_array"
+    """Rendering for videos: rgb_array (offscreen, no display needed)."""
+
+    # Set by each subclass: gym package, valid tasks and obs types, and the raw observation -> batch key map.
+    package_name: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ()
+    obs_types: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def type(self) -> str:
+        return self.get_choice_name(self.__class__)
+
+    @property
+    def gym_id(self) -> str:
+        return f"{self.package_name}/{self.task}"
+
+    @property
+    def features(self) -> dict[str, PolicyFeature]:
+        """The policy features this env provides (images channel-first), keyed by batch key."""
+        raise NotImplementedError
+
+    @property
+    def features_map(self) -> dict[str, str]:
+        """Raw observation key (`pixels/top` for nested dicts) -> batch key."""
+        raise NotImplementedError
+
+    @property
+    def gym_kwargs(self) -> dict[str, Any]:
+        return {"obs_type": self.obs_type, "render_mode": self.render_mode, "max_episode_steps": self.episode_length}
+
+    def validate(self) -> None:
+        if self.task not in self.tasks:
+            guess = did_you_mean(self.task, self.tasks)
+            hint = f"did you mean --env.task={guess}?" if guess else f"use --env.task={self.tasks[0]}"
+            raise ConfigError("task", self.task, f"is not a {self.type} task (choose one of {', '.join(self.tasks)})",
+                              hint)
+        if self.obs_type not in self.obs_types:
+            raise ConfigError("obs_type", self.obs_type,
+                              f"is not an observation type of {self.type} (choose one of {', '.join(self.obs_types)})",
+                              f"use --env.obs_type={self.obs_types[0]}")
+        for name in ("fps", "episode_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, getattr(self, name), "must be at least 1", f"use a positive --env.{name}")
+        if self.render_mode != "rgb_array":
+            raise ConfigError("render_mode", self.render_mode, "only offscreen rendering is supported",
+                              "use --env.render_mode=rgb_array")
+
+
+@EnvConfig.register_subclass("pusht")
+@dataclass
+class PushtEnv(EnvConfig):
+    """PushT (gym-pusht): push a T-shaped block onto a target with a 2-D pointer."""
+
+    task: str = "PushT-v0"
+    """Gym task id."""
+    fps: int = 10
+    """Control rate (steps per second)."""
+    episode_length: int = 300
+    """Steps before an episode is truncated."""
+    obs_type: str = "pixels_agent_pos"
+    """pixels_agent_pos (96x96 camera + 2-D position) or environment_state_agent_pos (16 keypoints + position)."""
+    visualization_width: int = 384
+    """Width of rendered videos."""
+    visualization_height: int = 384
+    """Height of rendered videos."""
+
+    package_name = "gym_pusht"
+    tasks = ("PushT-v0",)
+    obs_types = ("pixels_agent_pos", "environment_state_agent_pos")
+
+    @property
+    def features(self) -> dict[str, PolicyFeature]:
+        feats = {"observation.state": PolicyFeature(FeatureType.STATE, (2,))}
+        if self.obs_type == "pixels_agent_pos":
+            feats["observation.image"] = PolicyFeature(FeatureType.VISUAL, (3, 96, 96))
+        else:
+            feats["observation.environment_state"] = PolicyFeature(FeatureType.ENV, (16,))
+        feats[ACTION] = PolicyFeature(FeatureType.ACTION, (2,))
+        return feats
+
+    @property
+    def features_map(self) -> dict[str, str]:
+        return {"pixels": "observation.image", "agent_pos": "observation.state",
+                "environment_state": "observation.environment_state", ACTION: ACTION}
+
+    @property
+    def gym_kwargs(self) -> dict[str, Any]:
+        return {**super().gym_kwargs, "visualization_width": self.visualization_width,
+                "visualization_height": self.visualization_height}
+
+
+@EnvConfig.register_subclass("aloha")
+@dataclass
+class AlohaEnv(EnvConfig):
+    """ALOHA (gym-aloha): two 6-DoF arms with grippers in MuJoCo; 480x640 top camera, 14-D joint state."""
+
+    task: str = "AlohaInsertion-v0"
+    """AlohaInsertion-v0 (peg into socket) or AlohaTransferCube-v0 (hand a cube from one arm to the other)."""
+    fps: int = 50
+    """Control rate (steps per second)."""
+    episode_length: int = 400
+    """Steps before an episode is truncated."""
+    obs_type: str = "pixels_agent_pos"
+    """pixels_agent_pos (top camera + joint state) or pixels (top camera only)."""
+
+    package_name = "gym_aloha"
+    tasks = ("AlohaInsertion-v0", "AlohaTransferCube-v0")
+    obs_types = ("pixels_agent_pos", "pixels")
+
+    @property
+    def features(self) -> dict[str, PolicyFeature]:
+        feats = {"observation.images.top": PolicyFeature(FeatureType.VISUAL, (3, 480, 640))}
+        if self.obs_type == "pixels_agent_pos":
+            feats["observation.state"] = PolicyFeature(FeatureType.STATE, (14,))
+        feats[ACTION] = PolicyFeature(FeatureType.ACTION, (14,))
+        return feats
+
+    @property
+    def features_map(self) -> dict[str, str]:
+        return {"pixels/top": "observation.images.top", "agent_pos": "observation.state", ACTION: ACTION}
+
+
+@EnvConfig.register_subclass("xarm")
+@dataclass
+class XarmEnv(EnvConfig):
+    """xArm lift (FOWM's task): lift a cube with a 4-D end-effector action; 84x84 camera."""
+
+    task: str = "XarmLift-v0"
+    """Gym task id."""
+    fps: int = 15
+    """Control rate (steps per second)."""
+    episode_length: int = 200
+    """Steps before an episode is truncated."""
+    obs_type: str = "pixels_agent_pos"
+    """pixels_agent_pos (camera + 4-D state) or pixels (camera only)."""
+    visualization_width: int = 384
+    """Width of rendered videos."""
+    visualization_height: int = 384
+    """Height of rendered videos."""
+
+    package_name = "gym_xarm"
+    tasks = ("XarmLift-v0",)
+    obs_types = ("pixels_agent_pos", "pixels")
+
+    @property
+    def features(self) -> dict[str, PolicyFeature]:
+        feats = {"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 84, 84))}
+        if self.obs_type == "pixels_agent_pos":
+            feats["observation.state"] = PolicyFeature(FeatureType.STATE, (4,))
+        feats[ACTION] = PolicyFeature(FeatureType.ACTION, (4,))
+        return feats
+
+    @property
+    def features_map(self) -> dict[str, str]:
+        return {"pixels": "observation.image", "agent_pos": "observation.state", ACTION: ACTION}
+
+    @property
+    def gym_kwargs(self) -> dict[str, Any]:
+        return {**super().gym_kwargs, "visualization_width": self.visualization_width,
+                "visualization_height": self.visualization_height}

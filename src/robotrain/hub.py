@@ -1,0 +1,52 @@
+"""Fetching single files from the Hugging Face Hub, with one clear line when it cannot be reached."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from robotrain.errors import ConfigError
+
+_OFFLINE_WORDS = ("1", "on", "yes", "true")
+
+
+def hub_offline_requested() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _OFFLINE_WORDS
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP probe, so an offline machine fails at once instead of after huggingface_hub's retries."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def fetch_hub_file(repo_id: str, filename: str, flag: str, repo_type: str = "model",
+                   revision: str | None = None) -> Path:
+    """The local path of `filename` in Hub repo `repo_id` (from the cache when offline); ConfigError otherwise."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = hub_offline_requested() or not hub_reachable()
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                    local_files_only=offline))
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
+        raise ConfigError(flag, repo_id, f"is not a local directory, and {why} (it is not in the local cache either)",
+                          f"pass a local directory holding {filename}") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(flag, repo_id, "is neither a local directory nor a Hub repo",
+                          "check the spelling, or pass a local directory") from None
+    except EntryNotFoundError:
+        raise ConfigError(flag, repo_id, f"is a Hub repo without {filename}",
+                          f"point at a repo or directory that holds {filename}") from None

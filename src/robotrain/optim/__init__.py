@@ -1,0 +1,1 @@
+"""Optimizer and learning-rate schedule configs (`--optimizer.type`, `--scheduler.type`) and their builders."""

@@ -1,0 +1,113 @@
+"""SmolVLA (Shukor et al., 2025, arXiv:2506.01844): a small vision-language-action model. Defaults as LeRobot's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robotrain.configs.policies import PolicyConfig, check_at_most, check_choice, check_positive
+from robotrain.configs.types import NormalizationMode
+from robotrain.optim.optimizers import AdamWConfig
+from robotrain.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+
+@PolicyConfig.register_subclass("smolvla")
+@dataclass
+class SmolVLAConfig(PolicyConfig):
+    """SmolVLA: SmolVLM2 layers read cameras, language and state; a flow-matching expert emits action chunks."""
+
+    chunk_size: int = 50
+    """Actions predicted per forward pass."""
+    n_action_steps: int = 50
+    """Actions of each chunk executed before predicting again (at most chunk_size)."""
+    normalization_mapping: dict[str, NormalizationMode] = field(default_factory=lambda: {
+        "VISUAL": NormalizationMode.IDENTITY,
+        "STATE": NormalizationMode.MEAN_STD,
+        "ACTION": NormalizationMode.MEAN_STD,
+    })
+    """Normalization per feature type."""
+    max_state_dim: int = 32
+    """State vectors are zero-padded to this size."""
+    max_action_dim: int = 32
+    """Action vectors are zero-padded to this size."""
+    resize_imgs_with_padding: tuple[int, int] | None = (512, 512)
+    """Resize frames, keeping aspect ratio with padding, to (height, width)."""
+    empty_cameras: int = 0
+    """Blank camera slots added (to match a checkpoint trained with more cameras)."""
+    adapt_to_pi_aloha: bool = False
+    """Convert ALOHA joint and gripper conventions to those of the pi0 models."""
+    tokenizer_max_length: int = 48
+    """Maximum tokens of the task text."""
+    num_steps: int = 10
+    """Euler steps of the flow-matching decoder at inference."""
+    use_cache: bool = True
+    """Cache the vision-language prefix between denoising steps."""
+    freeze_vision_encoder: bool = True
+    """Keep the vision encoder's weights fixed."""
+    train_expert_only: bool = True
+    """Train the action expert only (the VLM stays frozen)."""
+    train_state_proj: bool = True
+    """Train the state projection."""
+    optimizer_lr: float = 1e-4
+    """Preset learning rate (the schedule's peak)."""
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    """Preset AdamW betas."""
+    optimizer_eps: float = 1e-8
+    """Preset AdamW epsilon."""
+    optimizer_weight_decay: float = 1e-10
+    """Preset weight decay."""
+    optimizer_grad_clip_norm: float = 10.0
+    """Preset gradient clipping norm."""
+    scheduler_warmup_steps: int = 1000
+    """Preset warmup steps."""
+    scheduler_decay_steps: int = 30000
+    """Preset cosine decay steps."""
+    scheduler_decay_lr: float = 2.5e-6
+    """Preset final learning rate."""
+    vlm_model_name: str = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+    """Vision-language backbone (Hub id or local folder)."""
+    load_vlm_weights: bool = False
+    """Load the backbone's pretrained weights (false when fine-tuning a SmolVLA checkpoint, which has them)."""
+    add_image_special_tokens: bool = False
+    """Surround image tokens with the VLM's special tokens."""
+    attention_mode: str = "cross_attn"
+    """How the expert reads the VLM: cross_attn or self_attn."""
+    prefix_length: int = -1
+    """Fixed prefix length for padding; -1 keeps it dynamic."""
+    pad_language_to: str = "longest"
+    """Pad task tokens to the longest in the batch (longest) or to tokenizer_max_length (max_length)."""
+    num_expert_layers: int = -1
+    """Layers of the action expert; -1 uses as many as the VLM."""
+    num_vlm_layers: int = 16
+    """VLM layers kept (the rest are dropped)."""
+    self_attn_every_n_layers: int = 2
+    """Interleave a self-attention layer in the expert every n layers."""
+    expert_width_multiplier: float = 0.75
+    """Expert width as a fraction of the VLM's."""
+    min_period: float = 4e-3
+    """Smallest period of the sinusoidal time embedding."""
+    max_period: float = 4.0
+    """Largest period of the sinusoidal time embedding."""
+
+    @property
+    def observation_delta_indices(self) -> list[int]:
+        return [0]
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(lr=self.optimizer_lr, betas=self.optimizer_betas, eps=self.optimizer_eps,
+                           weight_decay=self.optimizer_weight_decay, grad_clip_norm=self.optimizer_grad_clip_norm)
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(
+            peak_lr=self.optimizer_lr, decay_lr=self.scheduler_decay_lr,
+            num_warmup_steps=self.scheduler_warmup_steps, num_decay_steps=self.scheduler_decay_steps)
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(chunk_size=self.chunk_size, n_action_steps=self.n_action_steps, num_steps=self.num_steps)
+        check_at_most("n_action_steps", self.n_action_steps, "chunk_size", self.chunk_size)
+        check_choice("attention_mode", self.attention_mode, ("cross_attn", "self_attn"))
+        check_choice("pad_language_to", self.pad_language_to, ("longest", "max_length"))

@@ -1,0 +1,1 @@
+"""vqbet policy."""
