@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,13 @@ from urllib.parse import urlparse
 from robotrain.errors import ConfigError
 
 _OFFLINE_WORDS = ("1", "on", "yes", "true")
+# A Hub-style id: one or two path segments of safe characters, never `..` (it names a folder under the cache).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def is_valid_repo_id(repo_id: str) -> bool:
+    """True for ids like lerobot/pusht; false for anything that could leave the cache folder."""
+    return bool(_REPO_ID.match(repo_id)) and ".." not in repo_id
 
 
 def hub_offline_requested() -> bool:

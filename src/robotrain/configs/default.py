@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robotrain.errors import ConfigError
+from robotrain.hub import is_valid_repo_id
 
 VIDEO_BACKENDS = ("pyav", "torchcodec")
 WANDB_MODES = ("online", "offline", "disabled")
-# A Hub-style id: one or two path segments of safe characters, never `..` (it names a folder under the cache).
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 @dataclass
@@ -78,7 +76,7 @@ class DatasetConfig:
     """Normalize cameras with ImageNet mean/std instead of the dataset's (suits pretrained backbones)."""
 
     def validate(self) -> None:
-        if not _REPO_ID.match(self.repo_id) or ".." in self.repo_id:
+        if not is_valid_repo_id(self.repo_id):
             raise ConfigError("repo_id", self.repo_id,
                               "is not a dataset id (letters, digits, '.', '_', '-', at most one '/', no '..')",
                               "use an id such as lerobot/pusht, and --dataset.root=DIR for a folder elsewhere")

@@ -1,0 +1,160 @@
+"""Where camera frames come from: a frame cache decoded once, or on-the-fly decoding.
+
+The frame cache holds every frame of a video camera as uint8 in one memory-mapped file per camera, indexed by
+the dataset's global frame `index`. It is keyed by a fingerprint of info.json and the video files (size and
+mtime), so an edited dataset gets a fresh cache, and it covers all episodes, so runs on different episode
+subsets share it. Decoding happens once, sequentially (fast: no seeks), with a progress bar. After that a sample
+costs a memory copy, in any number of DataLoader workers (the OS shares the pages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from robotrain.datasets.format import INFO_PATH, DatasetError
+from robotrain.datasets.video import DecoderCache
+
+if TYPE_CHECKING:
+    from robotrain.datasets.dataset import LeRobotDataset
+
+logger = logging.getLogger(__name__)
+
+FRAME_CACHE_MODES = ("auto", "on", "off")
+_DECODERS = DecoderCache()  # one per process; DataLoader workers get their own after fork
+
+
+class FrameSource(Protocol):
+    def get(self, key: str, rows: list[int]) -> np.ndarray:
+        """Frames of camera `key` at dataset rows `rows` (one episode): (T, H, W, 3) uint8."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ROBOTRAIN_CACHE_DIR", "~/.cache/robotrain")).expanduser() / "frames"
+
+
+class DecodingSource:
+    """Decode on demand from the mp4 files, keeping recently used files open per process."""
+
+    def __init__(self, dataset: LeRobotDataset):
+        self.dataset = dataset
+
+    def get(self, key: str, rows: list[int]) -> np.ndarray:
+        path, times = self.dataset.video_timestamps(key, rows)
+        return _DECODERS.get(path).frames_at(times, self.dataset.tolerance_s)
+
+
+class FrameCache:
+    """Every frame of each video camera, decoded once into a memory-mapped uint8 file."""
+
+    def __init__(self, dataset: LeRobotDataset, directory: Path):
+        self.dataset, self.directory = dataset, directory
+        self._arrays: dict[str, np.memmap] = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def fingerprint(dataset: LeRobotDataset) -> str:
+        """Changes whenever info.json or any video file changes."""
+        digest = hashlib.sha256((dataset.root / INFO_PATH).read_bytes())
+        for path in sorted((dataset.root / "videos").rglob("*.mp4")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(dataset.root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:20]
+
+    @staticmethod
+    def nbytes(dataset: LeRobotDataset) -> int:
+        meta = dataset.meta
+        return sum(meta.total_frames * int(np.prod(meta.features[k]["shape"])) for k in meta.video_keys)
+
+    def file(self, key: str) -> Path:
+        return self.directory / f"{key}.u8"
+
+    def is_complete(self) -> bool:
+        return all((self.directory / f"{key}.json").is_file() for key in self.dataset.meta.video_keys)
+
+    def build(self) -> None:
+        """Decode every frame of every video camera into the cache (skips cameras already done)."""
+        from tqdm import tqdm
+
+        meta = self.dataset.meta
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for key in meta.video_keys:
+            if (self.directory / f"{key}.json").is_file():
+                continue
+            shape = (meta.total_frames, *meta.features[key]["shape"])  # (N, H, W, 3)
+            partial = self.directory / f".{key}.u8.partial"
+            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+            with tqdm(total=meta.total_frames, desc=f"caching {key}", unit="frame", leave=False) as bar:
+                for episode in range(meta.total_episodes):
+                    bar.update(self._decode_episode(key, episode, array))
+            array.flush()
+            del array
+            os.replace(partial, self.file(key))
+            (self.directory / f"{key}.json").write_text(json.dumps({"shape": shape}))
+        _DECODERS.clear()  # the sequential decoders hold all-core threads; workers forked later need none
+
+    def _decode_episode(self, key: str, episode: int, array: np.ndarray) -> int:
+        meta = self.dataset.meta
+        start = int(meta.episodes["dataset_from_index"][episode].as_py())
+        length = int(meta.episodes["length"][episode].as_py())
+        from_s = float(meta.episodes[f"videos/{key}/from_timestamp"][episode].as_py())
+        decoder = _DECODERS.get(meta.get_video_file_path(episode, key))
+        count = 0
+        for count, (_, frame) in enumerate(decoder.iter_frames(from_s, from_s + length / meta.fps), start=1):
+            if count > length:
+                break
+            array[start + count - 1] = frame
+        if count < length:
+            raise DatasetError(f"{meta.get_video_file_path(episode, key)}: episode {episode} has {length} frames in "
+                               f"meta/episodes but only {count} in the video. Fix: re-download or restore the dataset")
+        return length
+
+    def get(self, key: str, rows: list[int]) -> np.ndarray:
+        if self._pid != os.getpid():  # a forked worker maps the file itself
+            self._arrays, self._pid = {}, os.getpid()
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.file(key), mmap_mode="r")
+        index = self.dataset.columns["index"]
+        return np.ascontiguousarray(self._arrays[key][[int(index[r]) for r in rows]])
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def cache_budget(directory: Path) -> int:
+    """Bytes the cache may take: half the free memory (so pages stay resident) and half the free disk."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    return min(_available_memory() // 2, shutil.disk_usage(existing).free // 2)
+
+
+def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
+    """The frame cache when `mode` is on, or auto and it fits the budget; else on-the-fly decoding."""
+    if mode not in FRAME_CACHE_MODES:
+        raise DatasetError(f"frame_cache '{mode}' is not one of {', '.join(FRAME_CACHE_MODES)}")
+    if not dataset.meta.video_keys or mode == "off":
+        return DecodingSource(dataset)
+    cache = FrameCache(dataset, cache_root() / FrameCache.fingerprint(dataset))
+    if not cache.is_complete():
+        needed, budget = FrameCache.nbytes(dataset), cache_budget(cache.directory)
+        if needed > budget:
+            if mode == "on":
+                raise DatasetError(f"the frame cache needs {needed / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
+                                   "fit (half the free memory and disk). Fix: frame_cache='off' to decode on the fly")
+            logger.info("frame cache (%.1f GiB) exceeds the budget (%.1f GiB): decoding on the fly",
+                        needed / 2**30, budget / 2**30)
+            return DecodingSource(dataset)
+        cache.build()
+    return cache

@@ -1,0 +1,78 @@
+"""Where a dataset lives: `root` if given, else $HF_LEROBOT_HOME/<repo_id>; downloaded from the Hub when absent.
+
+Downloads fetch meta/ first, then only the data and video files of the selected episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from robotrain.datasets.format import CODEBASE_VERSION, INFO_PATH, DatasetError, chunk_file_path, lerobot_home
+from robotrain.hub import hub_offline_requested, hub_reachable, is_valid_repo_id
+
+logger = logging.getLogger(__name__)
+
+
+def local_dataset_dir(repo_id: str) -> Path:
+    if not is_valid_repo_id(repo_id):
+        raise DatasetError(f"repo_id '{repo_id}' is not a dataset id (letters, digits, '.', '_', '-', at most one "
+                           "'/', no '..'). Fix: use an id such as lerobot/pusht, and root= for a folder elsewhere")
+    return lerobot_home() / repo_id
+
+
+def resolve_dataset_root(repo_id: str, root: str | Path | None, revision: str | None = None,
+                         episodes: list[int] | None = None) -> Path:
+    """The local folder holding the dataset, downloading what is missing when the Hub can be reached."""
+    target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
+    if (target / INFO_PATH).is_file():
+        return target
+    if hub_offline_requested() or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
+        where = f"root {target}" if root is not None else f"{target}"
+        raise DatasetError(f"dataset {repo_id} is not at {where} (no {INFO_PATH}) and {why}. Fix: pass "
+                           "--dataset.root=DIR (root=DIR) pointing at a local copy, or record one with "
+                           "`robotrain dataset record-sim`")
+    download_dataset(repo_id, target, revision or CODEBASE_VERSION, episodes)
+    return target
+
+
+def download_dataset(repo_id: str, target: Path, revision: str, episodes: list[int] | None) -> None:
+    """meta/ first, then the data and video files that the selected episodes live in."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        _snapshot(repo_id, target, revision, ["meta/**"])
+    except RepositoryNotFoundError:
+        raise DatasetError(f"dataset {repo_id} is not on the Hub (or is private). Fix: check the id, log in with "
+                           "`hf auth login`, or use --dataset.root=DIR") from None
+    except RevisionNotFoundError:
+        raise DatasetError(f"dataset {repo_id} has no revision '{revision}' on the Hub; a dataset without a v3.0 "
+                           "tag is usually v2.1. Fix: download it with --dataset.revision=v2.1, then run "
+                           f"`robotrain dataset convert --root={target}`") from None
+    _snapshot(repo_id, target, revision, episode_file_patterns(target, episodes))
+
+
+def episode_file_patterns(root: Path, episodes: list[int] | None) -> list[str]:
+    """Relative paths of the data and video files that hold `episodes` (all when None)."""
+    from robotrain.datasets.metadata import read_episodes, read_info
+
+    info, table = read_info(root), read_episodes(root)
+    rows = table.to_pylist()
+    if episodes is not None:
+        rows = [rows[i] for i in episodes if i < len(rows)]
+    paths = set()
+    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    for row in rows:
+        paths.add(chunk_file_path(info["data_path"], row["data/chunk_index"], row["data/file_index"]))
+        for key in video_keys:
+            paths.add(chunk_file_path(info["video_path"], row[f"videos/{key}/chunk_index"],
+                                      row[f"videos/{key}/file_index"], video_key=key))
+    return sorted(paths)
+
+
+def _snapshot(repo_id: str, target: Path, revision: str, patterns: list[str]) -> None:
+    from huggingface_hub import snapshot_download
+
+    logger.info("downloading %s (%d pattern(s)) from the Hub into %s", repo_id, len(patterns), target)
+    snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=target, allow_patterns=patterns)

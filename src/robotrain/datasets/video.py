@@ -1,0 +1,398 @@
+"""Encode, concatenate and decode the mp4 files that hold camera frames (LeRobotDataset v3.0).
+
+An episode is encoded on its own at a constant frame rate (frame i at i/fps), then appended to its camera's shared
+mp4 by remuxing packets with shifted timestamps (no re-encode), so frame i of an episode sits at
+from_timestamp + i/fps in the file. Decoding seeks to the keyframe before the wanted time (g=2 puts one every two
+frames) and decodes forward, matching frames to the asked times by their presentation timestamps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from robotrain.datasets.format import DatasetError
+
+logger = logging.getLogger(__name__)
+
+# SVT-AV1 prints a ~25-line banner to stderr for every encoded episode; keep its errors only unless the user chose.
+os.environ.setdefault("SVT_LOG", "1")
+
+DEFAULT_TOLERANCE_S = 1e-4
+_CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "av1": "libsvtav1"}
+_DEFAULT_PRESETS: dict[str, int | str] = {"libsvtav1": 12, "libx264": "veryfast", "libx265": "fast"}
+_DECODE_THREADS = 2  # for random access, per open file: each DataLoader worker decodes on its own
+
+
+@dataclass
+class VideoEncoding:
+    """How episodes are encoded: the encoder and its settings (stored in info.json)."""
+
+    vcodec: str = "libsvtav1"
+    pix_fmt: str = "yuv420p"
+    g: int = 2  # a keyframe every g frames: random access decodes at most g frames
+    crf: int = 30
+    preset: int | str | None = None
+    fast_decode: int = 0
+
+    def __post_init__(self) -> None:
+        self.vcodec = _CODEC_ALIASES.get(self.vcodec, self.vcodec)
+        if self.preset is None:
+            self.preset = _DEFAULT_PRESETS.get(self.vcodec)
+
+    def info(self) -> dict[str, Any]:
+        """The encoder-settings keys of a video feature's info in info.json."""
+        return {"video.g": self.g, "video.crf": self.crf, "video.preset": self.preset,
+                "video.fast_decode": self.fast_decode, "video.video_backend": "pyav", "video.extra_options": {}}
+
+    def options(self) -> dict[str, str]:
+        """The FFmpeg encoder options for these settings."""
+        options = {"g": str(self.g), "crf": str(self.crf)}
+        if self.preset is not None:
+            options["preset"] = str(self.preset)
+        if self.vcodec == "libsvtav1":
+            options["svtav1-params"] = f"fast-decode={self.fast_decode}"
+            return options
+        options["bf"] = "0"  # no frame reordering: each packet decodes to its own frame at once (cheap seeks)
+        if self.vcodec == "libx265":
+            options["x265-params"] = "log-level=error"  # else it prints its settings for every episode
+        if self.fast_decode:
+            options["tune"] = "fastdecode"
+        return options
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+
+
+def _open_encoder(container: Any, encoding: VideoEncoding, fps: int, height: int, width: int) -> Any:
+    try:
+        av.codec.Codec(encoding.vcodec, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        raise DatasetError(f"video codec '{encoding.vcodec}' is not available in this PyAV/FFmpeg build. Fix: use "
+                           "vcodec='h264' (libx264) or 'libsvtav1'") from None
+    stream = container.add_stream(encoding.vcodec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, encoding.pix_fmt
+    stream.options = encoding.options()
+    return stream
+
+
+def _encode_into(frames: Iterable[np.ndarray], tmp: Path, fps: int, encoding: VideoEncoding) -> int:
+    count, stream, shape = 0, None, None
+    with av.open(str(tmp), "w", format="mp4") as container:
+        for count, array in enumerate(frames, start=1):  # each (H, W, 3) uint8 RGB
+            array = np.asarray(array)
+            shape = shape or array.shape
+            if array.shape != shape or array.dtype != np.uint8 or len(shape) != 3 or shape[2] != 3:
+                raise DatasetError(f"video frame {count - 1} is {array.dtype} {array.shape}; every frame of a video "
+                                   f"must be uint8 (H, W, 3) RGB of one size, the first is {shape}")
+            if stream is None:
+                stream = _open_encoder(container, encoding, fps, shape[0], shape[1])
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = count - 1, Fraction(1, fps)  # frame i at exactly i/fps
+            container.mux(stream.encode(frame))
+        if stream is not None:
+            container.mux(stream.encode(None))  # flush the encoder's queued frames
+    return count
+
+
+DEFAULT_ENCODING = VideoEncoding()
+
+
+def encode_video(frames: Iterable[np.ndarray], path: Path, fps: int,
+                 encoding: VideoEncoding = DEFAULT_ENCODING) -> int:
+    """Encode (H, W, 3) uint8 RGB frames into an mp4 at `path`, frame i at i/fps; returns the frame count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        count = _encode_into(frames, tmp, fps, encoding)
+        if count == 0:
+            raise DatasetError(f"{path}: no frames to encode")
+        os.replace(tmp, path)
+    except av.FFmpegError as exc:
+        other = " or use vcodec='h264'" if encoding.vcodec != "libx264" else ""
+        raise DatasetError(f"{path}: encoding {encoding.vcodec} video failed ({exc}). Fix: check the frame size (x264 "
+                           f"needs an even width and height) and the encoder settings{other}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("encoded %d frames into %s", count, path)
+    return count
+
+
+def _stream_fps(stream: Any) -> int:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return round(float(rate)) if rate else 0
+
+
+def _describe(stream: Any) -> dict[str, Any]:
+    """What must match for two streams' packets to be played back as one stream."""
+    ctx = stream.codec_context
+    return {"codec": ctx.codec.canonical_name, "size": (ctx.height, ctx.width), "pix_fmt": ctx.pix_fmt,
+            "fps": _stream_fps(stream), "time base": stream.time_base, "codec header": ctx.extradata}
+
+
+def _remux(source: Any, stream: Any, out: Any, out_stream: Any, shift: int) -> int:
+    """Copy `stream`'s packets into `out_stream`, `shift` ticks later; returns the end time of the last frame."""
+    step = round(1 / (_stream_fps(stream) * stream.time_base))  # one frame, in stream ticks
+    end = shift
+    for packet in source.demux(stream):
+        if packet.dts is None:  # the demuxer's empty flush packet
+            continue
+        packet.pts += shift
+        packet.dts += shift
+        end = max(end, packet.pts + (packet.duration or step))
+        packet.stream = out_stream
+        out.mux(packet)
+    return end
+
+
+def append_video(src: Path, dst: Path) -> float:
+    """Append the encoded episode `src` to the mp4 `dst` without re-encoding; returns its start time in `dst`."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(dst)
+    try:
+        if not dst.exists():
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            return 0.0
+        with av.open(str(dst)) as old, av.open(str(src)) as new:
+            old_stream, new_stream = old.streams.video[0], new.streams.video[0]
+            had, got = _describe(old_stream), _describe(new_stream)
+            if mismatched := [name for name in had if had[name] != got[name]]:
+                name = mismatched[0]
+                raise DatasetError(f"cannot append {src} to {dst}: its {name} is {got[name]!r}, the file's is "
+                                   f"{had[name]!r}. Fix: encode all episodes of a camera with the same settings")
+            with av.open(str(tmp), "w", format="mp4") as out:
+                # opaque=True copies the stream as is; a new codec object would need an AV1 encoder named "libdav1d"
+                out_stream = out.add_stream_from_template(old_stream, opaque=True)
+                start = _remux(old, old_stream, out, out_stream, 0)
+                _remux(new, new_stream, out, out_stream, start - (new_stream.start_time or 0))
+            start_s = float(start * old_stream.time_base)
+        os.replace(tmp, dst)
+    except av.FFmpegError as exc:
+        raise DatasetError(f"cannot append {src} to {dst} ({exc}). Fix: re-encode the episode") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return start_s
+
+
+def _open_input(path: Path) -> Any:
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as exc:
+        raise DatasetError(f"{path}: cannot open video ({exc}). Fix: re-download or restore the dataset") from exc
+    if not container.streams.video:
+        container.close()
+        raise DatasetError(f"{path}: holds no video stream. Fix: re-download or restore the dataset")
+    return container
+
+
+def video_info(path: Path) -> dict[str, Any]:
+    """The stream keys of a video feature's info in info.json (size, codec, pix_fmt, fps, channels, audio)."""
+    with _open_input(Path(path)) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        return {"video.height": ctx.height, "video.width": ctx.width, "video.codec": ctx.codec.canonical_name,
+                "video.pix_fmt": ctx.pix_fmt, "video.fps": _stream_fps(stream),
+                "video.channels": len(ctx.format.components), "has_audio": bool(container.streams.audio)}
+
+
+def count_frames(path: Path) -> int:
+    """The number of video frames in `path` (counts packets; decodes nothing)."""
+    with _open_input(Path(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.dts is not None and not p.is_discard)
+
+
+class VideoDecoder:
+    """One open video file; decodes frames at given timestamps, frame-accurately."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._container: Any = None
+        self._sequential = False
+        self._open(sequential=False)
+        self._tick = float(self._stream.time_base)
+        fps = _stream_fps(self._stream)
+        self._step = 1 / fps if fps else 0.0  # seconds between frames
+        self._shape = (self._stream.codec_context.height, self._stream.codec_context.width, 3)
+        self._keyframe_gap = 0.0  # the widest keyframe spacing seen: decoding on beats seeking within it
+
+    def _open(self, sequential: bool) -> None:
+        """(Re)open the file with a decoder tuned for random access, or for long sequential runs."""
+        if self._container is not None:
+            self.close()
+        self._container = _open_input(self.path)
+        self._stream = self._container.streams.video[0]
+        ctx = self._stream.codec_context
+        ctx.thread_type = "AUTO"
+        if sequential:
+            ctx.thread_count = 0  # all cores, with several frames in flight
+        else:
+            # Frame threading holds each frame back until more packets are in: one random frame would cost ~3
+            # decodes. Low delay outputs a frame per packet (and turns frame threads off).
+            ctx.thread_count = _DECODE_THREADS
+            ctx.flags |= av.codec.context.Flags.low_delay
+        self._sequential = sequential
+        self._frames: Iterator[tuple[float, Any]] | None = None  # the live decode, None until a seek
+        self._last: tuple[float, Any] | None = None  # the frame last taken from _frames (its next one comes next)
+
+    def frames_at(self, timestamps: Sequence[float], tolerance_s: float = DEFAULT_TOLERANCE_S) -> np.ndarray:
+        """The frames nearest to `timestamps` (seconds in the file), in the order asked: (T, H, W, 3) uint8."""
+        wanted = sorted({float(t) for t in timestamps})
+        if not wanted:
+            return np.empty((0, *self._shape), np.uint8)
+        if self._container is None or self._sequential:
+            self._open(sequential=False)
+        best: dict[float, tuple[float, Any]] = {}  # asked time -> (frame time, frame)
+        seen: list[float] = []  # every decoded frame time, for the error message
+        first = 0
+        for k in range(1, len(wanted) + 1):  # times further apart than a keyframe gap: seek instead of decoding on
+            if k == len(wanted) or wanted[k] - wanted[k - 1] > self._seek_window():
+                self._collect(wanted[first:k], best, seen, tolerance_s)
+                first = k
+        for asked in wanted:
+            if asked not in best or abs(best[asked][0] - asked) > tolerance_s:
+                self._raise_missing(asked, seen, tolerance_s)
+        arrays = {id(f): f.to_ndarray(format="rgb24") for _, f in best.values()}  # each (H, W, 3) uint8
+        return np.stack([arrays[id(best[float(t)][1])] for t in timestamps])
+
+    def _collect(self, wanted: list[float], best: dict[float, tuple[float, Any]], seen: list[float],
+                 tolerance_s: float) -> None:
+        """Decode from before wanted[0] to wanted[-1], keeping in `best` the nearest frame to each wanted time."""
+        for time, frame in self._walk(wanted[0]):
+            seen.append(time)
+            # Frames come at a constant rate, so only wanted times within a frame step of this one can pick it.
+            lo = bisect.bisect_left(wanted, time - self._step - tolerance_s)
+            for asked in wanted[lo:bisect.bisect_right(wanted, time + self._step + tolerance_s)]:
+                if asked not in best or abs(time - asked) < abs(best[asked][0] - asked):
+                    best[asked] = (time, frame)
+            if time > wanted[-1] - self._step / 2:  # no later frame is nearer to the last wanted time
+                return
+
+    def _raise_missing(self, asked: float, seen: list[float], tolerance_s: float) -> None:
+        nearest = min(seen, key=lambda t: abs(t - asked), default=None)
+        found = f"the nearest frame is at {nearest:.6f}s" if nearest is not None else "no frame was decoded"
+        raise DatasetError(f"{self.path}: no frame at {asked:.6f}s ({found}, tolerance {tolerance_s}s). Fix: the "
+                           "video holds fewer frames than the episode, or the episode's timestamps are wrong; "
+                           "re-download or re-encode the dataset")
+
+    def iter_frames(self, start_s: float, end_s: float,
+                    size: tuple[int, int] | None = None) -> Iterator[tuple[float, np.ndarray]]:
+        """Decode every frame with start_s <= time < end_s in order, as (time, (H, W, 3) uint8), resized to size."""
+        tol = DEFAULT_TOLERANCE_S
+        resize = {} if size is None else {"height": size[0], "width": size[1], "interpolation": "AREA"}
+        if self._container is None or not self._sequential:
+            self._open(sequential=True)
+        for time, frame in self._walk(start_s - tol):
+            if time >= end_s - tol:
+                return
+            if time >= start_s - tol:
+                yield time, frame.to_ndarray(format="rgb24", **resize)
+
+    def _walk(self, start: float) -> Iterator[tuple[float, Any]]:
+        """Decoded (time, frame) pairs from the last frame at or before `start` on; seeks only when that is cheaper."""
+        if not self._can_continue(start):
+            self._seek(start)
+        while self._last is not None:
+            yield self._last
+            self._last = next(self._frames, None) if self._frames is not None else None
+
+    def _seek_window(self) -> float:
+        """How far ahead decoding on is cheaper than seeking: about one keyframe gap."""
+        return max(self._keyframe_gap, 2 * self._step)
+
+    def _can_continue(self, start: float) -> bool:
+        if self._frames is None or self._last is None:
+            return False
+        return -self._step / 2 <= start - self._last[0] <= self._seek_window()
+
+    def _seek(self, start: float) -> None:
+        """Restart decoding at the last keyframe at or before `start`, leaving its frame in self._last."""
+        back = 0.0
+        while True:
+            target = max(0.0, start - back)
+            self._restart(round(target / self._tick))
+            self._last = next(self._frames, None)
+            # The demuxer's index can land past the target (e.g. reordered streams): step back until it does not.
+            if target == 0.0 or (self._last is not None and self._last[0] <= start + self._tick):
+                return
+            back = max(2 * back, 1.0)
+
+    def _restart(self, ticks: int) -> None:
+        if self._frames is not None:
+            self._frames.close()  # type: ignore[attr-defined]
+        self._container.seek(ticks, stream=self._stream, backward=True)  # also flushes the decoder
+        self._frames = self._decode()
+
+    def _decode(self) -> Iterator[tuple[float, Any]]:
+        last_key = None
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.pts is not None and last_key is not None:  # a lower bound of the keyframe gap
+                    self._keyframe_gap = max(self._keyframe_gap, (packet.pts - last_key) * self._tick)
+                if packet.is_keyframe:
+                    last_key = packet.pts
+                for frame in packet.decode():
+                    pts = frame.pts if frame.pts is not None else frame.dts
+                    yield pts * self._tick, frame
+        except av.FFmpegError as exc:
+            raise DatasetError(f"{self.path}: cannot decode ({exc}). Fix: re-download or restore the dataset") from exc
+
+    def close(self) -> None:
+        """Release the file and the decoder's threads."""
+        if self._frames is not None:
+            self._frames.close()  # type: ignore[attr-defined]
+        self._frames, self._last = None, None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class DecoderCache:
+    """Per-process LRU of open VideoDecoders (bounded; default 16 files), safe across fork: a child process that
+    inherits the cache drops the parent's decoders instead of sharing their FFmpeg state (check os.getpid())."""
+
+    def __init__(self, max_open: int = 16):
+        self.max_open = max_open
+        self._decoders: OrderedDict[Path, VideoDecoder] = OrderedDict()  # least recently used first
+        self._pid = os.getpid()
+        self._inherited: list[VideoDecoder] = []
+
+    def get(self, path: Path) -> VideoDecoder:
+        """The open decoder of `path`, opening it (and closing the least recently used one) if needed."""
+        self._leave_parents()
+        path = Path(path)
+        decoder = self._decoders.pop(path, None) or VideoDecoder(path)
+        self._decoders[path] = decoder
+        while len(self._decoders) > self.max_open:
+            self._decoders.popitem(last=False)[1].close()
+        return decoder
+
+    def clear(self) -> None:
+        """Close every open decoder of this process."""
+        self._leave_parents()
+        for decoder in self._decoders.values():
+            decoder.close()
+        self._decoders.clear()
+
+    def _leave_parents(self) -> None:
+        if self._pid != os.getpid():
+            # The parent's decoder threads did not survive the fork: closing (or garbage-collecting) their contexts
+            # here would join threads that do not exist, so keep them referenced and never touch them.
+            self._inherited.extend(self._decoders.values())
+            self._decoders, self._pid = OrderedDict(), os.getpid()
