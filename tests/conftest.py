@@ -13,6 +13,7 @@ def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_LEROBOT_HOME", str(home / "lerobot"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("ROBOTRAIN_CACHE_DIR", str(home / "robotrain"))
 
 
 @pytest.fixture

@@ -79,17 +79,67 @@ def cmd_eval(argv: list[str]) -> int:
     return _not_yet_available("eval", "simulation evaluation (the configuration above is valid)")
 
 
+def _dataset_info(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_command
+    from robotrain.datasets.inspect import InfoConfig, dataset_summary
+
+    print(dataset_summary(parse_command(InfoConfig, argv, "dataset info")))
+    return EXIT_OK
+
+
+def _dataset_validate(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_command
+    from robotrain.datasets.inspect import ValidateConfig, validate_dataset
+
+    cfg = parse_command(ValidateConfig, argv, "dataset validate")
+    problems = validate_dataset(cfg)
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(f"{cfg.repo_id}: {len(problems)} problem(s) found" if problems else f"{cfg.repo_id}: valid")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _dataset_visualize(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_command
+    from robotrain.datasets.visualize import VisualizeConfig, visualize_episode
+
+    path = visualize_episode(parse_command(VisualizeConfig, argv, "dataset visualize"))
+    print(f"wrote {path} (open it in a web browser)")
+    return EXIT_OK
+
+
+def _dataset_convert(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_command
+    from robotrain.datasets.convert import ConvertConfig, convert_dataset
+
+    report = convert_dataset(parse_command(ConvertConfig, argv, "dataset convert"))
+    for line in report.skipped:
+        print(f"skipped: {line}")
+    print(f"converted {report.episodes} episodes ({report.frames} frames) to v3.0 at {report.output_root}")
+    return EXIT_OK
+
+
+def _dataset_record_sim(argv: list[str]) -> int:
+    return _not_yet_available("dataset record-sim", "recording in simulation")
+
+
+DATASET_TOOLS: dict[str, Callable[[list[str]], int]] = {
+    "info": _dataset_info, "validate": _dataset_validate, "visualize": _dataset_visualize,
+    "convert": _dataset_convert, "record-sim": _dataset_record_sim,
+}
+
+
 def cmd_dataset(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         lines = [f"  {name:<11} {doc}" for name, doc in DATASET_COMMANDS.items()]
         print("usage: robotrain dataset <tool> [--flag=value ...]\n\ntools:\n" + "\n".join(lines))
         return EXIT_OK if argv else EXIT_USER_ERROR
     tool = argv[0]
-    if tool not in DATASET_COMMANDS:
+    if tool not in DATASET_TOOLS:
         guess = did_you_mean(tool, DATASET_COMMANDS)
         hint = f"did you mean `robotrain dataset {guess}`?" if guess else f"choose one of {', '.join(DATASET_COMMANDS)}"
         raise UserError(f"'{tool}' is not a dataset tool; {hint}")
-    return _not_yet_available(f"dataset {tool}", f"`dataset {tool}`")
+    return DATASET_TOOLS[tool](argv[1:])
 
 
 def cmd_demo(argv: list[str]) -> int:

@@ -201,3 +201,12 @@ def test_encoding_settings():
     h264 = VideoEncoding(vcodec="h264", fast_decode=1)
     assert (h264.vcodec, h264.preset, h264.options()["tune"]) == ("libx264", "veryfast", "fastdecode")
     assert VideoEncoding(fast_decode=2).options()["svtav1-params"] == "fast-decode=2"
+
+
+def test_decoder_cache_reopens_a_replaced_file(tmp_path):
+    """append_video replaces the file atomically; a cached decoder of the old file must not be served."""
+    path = write(tmp_path / "grow.mp4", 0, 6)
+    cache = DecoderCache()
+    assert indices(cache.get(path).frames_at([5 / FPS])) == [5]
+    append_video(write(tmp_path / "more.mp4", 6, 4), path)
+    assert indices(cache.get(path).frames_at([9 / FPS])) == [9]

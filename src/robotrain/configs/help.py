@@ -109,10 +109,11 @@ def _section(cls: type, path: tuple[str, ...], chosen: dict[str, str], lines: li
 def render_help(config_cls: type, line: Any, command: str) -> str:
     """The help of `robotrain <command>`, scoped to the `.type` choices already on the command line."""
     chosen = {key[: -len(".type")]: text for key, text in line.flags.items() if key.endswith(".type")}
-    lines = [f"usage: {USAGE[command]}", "",
+    usage = USAGE.get(command, f"robotrain {command} [--flag=value ...]")
+    lines = [f"usage: {usage}", "",
              "Flags are --name=value, at any depth (--policy.dim_model=256). Lists and dicts are YAML",
              "(--dataset.episodes=[0,1]). Booleans accept true/false in any case. Errors exit with code 2.", ""]
-    for name, label, doc in SPECIAL[command]:
+    for name, label, doc in SPECIAL.get(command, []):
         lines.extend(_entry(name, label, doc, None))
     _section(config_cls, (), chosen, lines)
     return "\n".join(lines) + "\n"

@@ -328,4 +328,17 @@ def parse_eval_config(argv: list[str]) -> EvalPipelineConfig:
     return resolve_eval_config(cfg)
 
 
-__all__ = ["HelpRequested", "UserError", "parse_eval_config", "parse_train_config"]
+def parse_command(config_cls: type, argv: list[str], command: str) -> Any:
+    """Arguments of a simple command (a `robotrain dataset` tool) -> its checked config dataclass."""
+    line = read_command_line(argv, command)
+    if line.wants_help:
+        from robotrain.configs.help import render_help
+
+        raise HelpRequested(render_help(config_cls, line, command))
+    for flag, value in (("config_path", line.config_path), ("policy.path", line.policy_path)):
+        if value is not None:
+            raise ConfigError(flag, value, "is not an option of this command", f"run `robotrain {command} --help`")
+    return _build(config_cls, line, {})
+
+
+__all__ = ["HelpRequested", "UserError", "parse_command", "parse_eval_config", "parse_train_config"]

@@ -25,8 +25,8 @@ def resolve_dataset_root(repo_id: str, root: str | Path | None, revision: str | 
                          episodes: list[int] | None = None) -> Path:
     """The local folder holding the dataset, downloading what is missing when the Hub can be reached."""
     target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
-    if (target / INFO_PATH).is_file():
-        return target
+    if (target / INFO_PATH).is_file() or (root is not None and target.is_dir()):
+        return target  # an existing folder is read as is; the reader says precisely what is wrong with it
     if hub_offline_requested() or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
         where = f"root {target}" if root is not None else f"{target}"

@@ -101,7 +101,11 @@ def read_episodes(root: Path, with_stats: bool = False) -> pa.Table:
         raise DatasetError(f"{root / EPISODES_DIR} holds no episode files. Fix: re-download or restore the dataset")
     tables = []
     for path in files:
-        names = pq.read_schema(path).names if path.is_file() else []
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetError(f"{path} is corrupt or truncated (episode metadata): {exc}. Fix: re-download or "
+                               "restore it") from None
         columns = names if with_stats else [c for c in names if not c.startswith("stats/")]
         tables.append(read_parquet(path, "episode metadata", columns))
     table = pa.concat_tables(tables, promote_options="permissive")

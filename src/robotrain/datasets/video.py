@@ -363,6 +363,15 @@ class VideoDecoder:
             self._container = None
 
 
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, which changes when it is rewritten or replaced; None if it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class DecoderCache:
     """Per-process LRU of open VideoDecoders (bounded; default 16 files), safe across fork: a child process that
     inherits the cache drops the parent's decoders instead of sharing their FFmpeg state (check os.getpid())."""
@@ -372,13 +381,19 @@ class DecoderCache:
         self._decoders: OrderedDict[Path, VideoDecoder] = OrderedDict()  # least recently used first
         self._pid = os.getpid()
         self._inherited: list[VideoDecoder] = []
+        self._identities: dict[Path, tuple[int, int, int] | None] = {}
 
     def get(self, path: Path) -> VideoDecoder:
         """The open decoder of `path`, opening it (and closing the least recently used one) if needed."""
         self._leave_parents()
         path = Path(path)
-        decoder = self._decoders.pop(path, None) or VideoDecoder(path)
-        self._decoders[path] = decoder
+        identity = _file_identity(path)
+        decoder = self._decoders.pop(path, None)
+        if decoder is not None and self._identities.get(path) != identity:
+            decoder.close()  # the file was replaced (e.g. an episode appended): the open one shows old frames
+            decoder = None
+        decoder = decoder or VideoDecoder(path)
+        self._decoders[path], self._identities[path] = decoder, identity
         while len(self._decoders) > self.max_open:
             self._decoders.popitem(last=False)[1].close()
         return decoder
