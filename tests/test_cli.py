@@ -53,7 +53,9 @@ def test_eval_and_other_commands(workdir):
                "--eval.n_episodes=50", "--eval.batch_size=10", cwd=workdir)
     assert proc.returncode == 1 and json.loads(proc.stdout)["eval"]["batch_size"] == 10
     assert run("demo").returncode == 1
-    assert run("dataset", "info").returncode == 1
+    missing = run("dataset", "info")
+    assert missing.returncode == 2 and "--repo_id: is required" in missing.stderr
+    assert run("dataset", "record-sim").returncode == 1
     listing = run("dataset", "--help")
     assert listing.returncode == 0 and "record-sim" in listing.stdout
     assert run().returncode == 2 and run("--help").returncode == 0

@@ -120,7 +120,8 @@ def writer(tmp_path):
     (lambda f: f.update(task=""), r"'task' must be a non-empty string"),
     (lambda f: f.update(action=np.zeros(3, np.float32)), r"'action' has shape \(3,\), expected \(2,\)"),
     (lambda f: f.update(action=np.array(["a", "b"])), r"'action' has dtype <U1"),
-    (lambda f: f.update(**{"observation.image": np.zeros((10, 10, 3), np.uint8)}), r"camera 'observation\.image' has shape"),
+    (lambda f: f.update(**{"observation.image": np.zeros((10, 10, 3), np.uint8)}),
+     r"camera 'observation\.image' has shape"),
     (lambda f: f.update(**{"observation.image": np.full((32, 48, 3), 2.0)}), r"floats outside \[0, 1\]"),
 ])
 def test_add_frame_is_strict(writer, change, message):

@@ -22,6 +22,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from robotrain.datasets.format import DatasetError
 
@@ -223,6 +224,7 @@ class VideoDecoder:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._reformatter = VideoReformatter()
         self._container: Any = None
         self._sequential = False
         self._open(sequential=False)
@@ -231,6 +233,11 @@ class VideoDecoder:
         self._step = 1 / fps if fps else 0.0  # seconds between frames
         self._shape = (self._stream.codec_context.height, self._stream.codec_context.width, 3)
         self._keyframe_gap = 0.0  # the widest keyframe spacing seen: decoding on beats seeking within it
+
+    def _to_rgb(self, frame: Any, **resize: Any) -> np.ndarray:
+        """(H, W, 3) uint8 RGB. One reformatter per decoder: frame.to_ndarray builds a new swscale context for
+        every frame, which costs 6x the conversion itself (0.19 vs 0.03 ms at 96x96)."""
+        return self._reformatter.reformat(frame, format="rgb24", **resize).to_ndarray()
 
     def _open(self, sequential: bool) -> None:
         """(Re)open the file with a decoder tuned for random access, or for long sequential runs."""
@@ -268,7 +275,7 @@ class VideoDecoder:
         for asked in wanted:
             if asked not in best or abs(best[asked][0] - asked) > tolerance_s:
                 self._raise_missing(asked, seen, tolerance_s)
-        arrays = {id(f): f.to_ndarray(format="rgb24") for _, f in best.values()}  # each (H, W, 3) uint8
+        arrays = {id(f): self._to_rgb(f) for _, f in best.values()}  # each (H, W, 3) uint8
         return np.stack([arrays[id(best[float(t)][1])] for t in timestamps])
 
     def _collect(self, wanted: list[float], best: dict[float, tuple[float, Any]], seen: list[float],
@@ -302,7 +309,7 @@ class VideoDecoder:
             if time >= end_s - tol:
                 return
             if time >= start_s - tol:
-                yield time, frame.to_ndarray(format="rgb24", **resize)
+                yield time, self._to_rgb(frame, **resize)
 
     def _walk(self, start: float) -> Iterator[tuple[float, Any]]:
         """Decoded (time, frame) pairs from the last frame at or before `start` on; seeks only when that is cheaper."""

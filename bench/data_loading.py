@@ -1,0 +1,148 @@
+"""Data loading speed: robotrain's LeRobotDataset against the peer (lerobot 0.4.4) on the same files and machine.
+
+Two AV1 datasets (96x96 and 480x640, textured frames so decoding costs what real cameras cost), two sample
+shapes (Diffusion: 2 frames + 2 states + 16 actions; ACT: 1 frame + 100 actions), DataLoader with shuffling,
+batch 8. robotrain runs with the frame cache (built once, timed separately) and without it (on-the-fly decoding).
+Prints samples/s, the ratio to the peer, the cache's disk size and build time, and peak RSS.
+
+Usage: python bench/data_loading.py [--batches 40] [--workers 0 2] [--sizes 96 480] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from compat_peer import PEER_DIR, PEER_PYTHON, ensure_peer  # noqa: E402
+
+SHAPES = {96: (96, 96, 60, 100), 480: (480, 640, 20, 100)}  # size -> (height, width, episodes, frames per episode)
+
+
+def write_dataset(root: Path, height: int, width: int, episodes: int, frames: int) -> None:
+    """Moving shapes over a fixed texture: compresses like a camera view, not like a flat test card."""
+    from robotrain.datasets import LeRobotDataset
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    texture = ((texture.astype(np.int32) + np.roll(texture, 1, axis=1)) // 2).astype(np.uint8)
+    features = {
+        "observation.image": {"dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
+        "action": {"dtype": "float32", "shape": [2], "names": ["x", "y"]},
+    }
+    writer = LeRobotDataset.create("bench/data", 10, features, root=root)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(episodes):
+        pos, vel = rng.uniform(0.2, 0.8, 2), rng.normal(0, 0.02, 2)
+        for _ in range(frames):
+            img = texture.copy()
+            cy, cx = pos[1] * height, pos[0] * width
+            img[((yy - cy) ** 2 + (xx - cx) ** 2) < (height / 8) ** 2] = (40, 40, 220)
+            writer.add_frame({"observation.image": img, "observation.state": pos.astype(np.float32),
+                              "action": (pos + vel).astype(np.float32), "task": "reach"})
+            pos = np.clip(pos + vel, 0.05, 0.95)
+        writer.save_episode()
+
+
+def delta_timestamps(policy: str, fps: int) -> dict[str, list[float]]:
+    """The same queries the peer's script makes."""
+    if policy == "diffusion":
+        delta = {k: [-1 / fps, 0.0] for k in ("observation.image", "observation.state")}
+        delta["action"] = [i / fps for i in range(-1, 15)]
+        return delta
+    return {"action": [i / fps for i in range(100)]}
+
+
+def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size: int = 8) -> float:
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         generator=torch.Generator().manual_seed(0),
+                                         persistent_workers=workers > 0)
+    it = iter(loader)
+    next(it)  # warm-up: worker start, decoder open
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        n += batch["action"].shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def peer_samples_per_s(root: Path, policy: str, workers: int, batches: int) -> float:
+    out = subprocess.run([str(PEER_PYTHON), str(PEER_DIR / "bench_lerobot_data.py"), str(root), "--policy", policy,
+                          "--workers", str(workers), "--batches", str(batches)], check=True, capture_output=True,
+                         text=True, cwd=root.parent).stdout
+    line = next(x for x in out.splitlines() if x.startswith("lerobot_data"))
+    return float(line.split("samples_per_s=")[1].split()[0])
+
+
+def run(args: argparse.Namespace, work: Path) -> list[str]:
+    from robotrain.datasets import LeRobotDataset
+    from robotrain.datasets.frames import FrameCache
+
+    os.environ["ROBOTRAIN_CACHE_DIR"] = str(work / "cache")
+    rows = []
+    for size in args.sizes:
+        height, width, episodes, frames = SHAPES[size]
+        root = work / f"data_{size}"
+        started = time.perf_counter()
+        write_dataset(root, height, width, episodes, frames)
+        write_s = time.perf_counter() - started
+        video_mb = sum(p.stat().st_size for p in (root / "videos").rglob("*.mp4")) / 2**20
+        started = time.perf_counter()
+        LeRobotDataset("bench/data", root=root, frame_cache="on")
+        build_s = time.perf_counter() - started
+        cache_mb = FrameCache.nbytes(LeRobotDataset("bench/data", root=root)) / 2**20
+        rows.append(f"dataset {height}x{width}: {episodes * frames} frames, videos {video_mb:.1f} MiB, written in "
+                    f"{write_s:.0f} s; frame cache {cache_mb:.0f} MiB on disk, built in {build_s:.1f} s")
+        for policy in ("diffusion", "act"):
+            delta = delta_timestamps(policy, 10)
+            for workers in args.workers:
+                peer = peer_samples_per_s(root, policy, workers, args.batches)
+                cached = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="on"),
+                                 workers, args.batches)
+                decoded = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off"),
+                                  workers, args.batches)
+                rows.append(f"| {height}x{width} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | "
+                            f"{cached / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x |")
+                print(rows[-1], flush=True)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append(f"peak RSS of the robotrain benchmark process: {rss_mb:.0f} MiB")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 480], choices=sorted(SHAPES))
+    parser.add_argument("--out", type=Path, default=None, help="keep the datasets here instead of a temp dir")
+    args = parser.parse_args()
+    ensure_peer()
+    print("| dataset | sample | workers | lerobot samples/s | robotrain cached | ratio | robotrain decoding | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = run(args, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run(args, Path(tmp))
+    print("\n".join(r for r in rows if not r.startswith("|")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
