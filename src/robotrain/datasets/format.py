@@ -18,6 +18,7 @@ CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNK_SIZE = 1000  # files per chunk-XXX directory
 DEFAULT_DATA_FILE_SIZE_IN_MB = 100
 DEFAULT_VIDEO_FILE_SIZE_IN_MB = 200
+MB = 1024 * 1024
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"

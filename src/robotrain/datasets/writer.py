@@ -30,6 +30,7 @@ from robotrain.datasets.format import (
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
     DEFAULT_VIDEO_PATH,
     INFO_PATH,
+    MB,
     STATS_PATH,
     TASKS_PATH,
     DatasetError,
@@ -39,7 +40,7 @@ from robotrain.datasets.format import (
 )
 from robotrain.datasets.frame_check import validate_features, validate_frame
 from robotrain.datasets.hub import local_dataset_dir
-from robotrain.datasets.metadata import read_episodes, read_info, read_tasks
+from robotrain.datasets.metadata import PANDAS_INDEX_COLUMN, read_episodes, read_info, read_tasks
 from robotrain.datasets.stats import (
     aggregate_stats,
     compute_episode_stats,
@@ -51,7 +52,6 @@ from robotrain.datasets.video import VideoEncoding, append_video, encode_video, 
 
 logger = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -89,6 +89,21 @@ def hf_feature(feature: dict[str, Any]) -> dict[str, Any]:
     if len(shape) == 1:
         return {"feature": {"dtype": dtype, "_type": "Value"}, "length": shape[0], "_type": "List"}
     return {"shape": list(shape), "dtype": dtype, "_type": f"Array{len(shape)}D"}
+
+
+def data_schema(features: dict[str, dict[str, Any]]) -> pa.Schema:
+    """The data parquet schema (videos excluded), with the `datasets` description LeRobot's reader uses."""
+    fields = [pa.field(k, arrow_type(f)) for k, f in features.items() if f["dtype"] != "video"]
+    hf = {"info": {"features": {f.name: hf_feature(features[f.name]) for f in fields}}}
+    return pa.schema(fields, metadata={"huggingface": json.dumps(hf)})
+
+
+def write_tasks(root: Path, tasks: list[str]) -> None:
+    """meta/tasks.parquet: task texts as pandas' index column (as LeRobot writes it), task_index as a column."""
+    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
+                      PANDAS_INDEX_COLUMN: pa.array(tasks, pa.large_string())})
+    write_parquet_atomic(table.replace_schema_metadata({"pandas": json.dumps(_PANDAS_TASKS_METADATA)}),
+                         root / TASKS_PATH)
 
 
 def encode_png(frame: np.ndarray) -> bytes:
@@ -215,7 +230,7 @@ class DatasetWriter:
         return columns
 
     def _data_table(self, columns: dict[str, np.ndarray]) -> pa.Table:
-        arrays, fields = [], []
+        arrays = []
         for key, feature in self.info["features"].items():
             if feature["dtype"] == "video":
                 continue
@@ -225,12 +240,9 @@ class DatasetWriter:
             elif feature["dtype"] in ("string", "language"):
                 array = pa.array(values.tolist(), pa.string())
             else:
-                array = _numeric_array(values, feature)
+                array = numeric_array(values, feature)
             arrays.append(array)
-            fields.append(pa.field(key, arrow_type(feature)))
-        hf = {"info": {"features": {f.name: hf_feature(self.info["features"][f.name]) for f in fields}}}
-        schema = pa.schema(fields, metadata={"huggingface": json.dumps(hf)})
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return pa.Table.from_arrays(arrays, schema=data_schema(self.info["features"]))
 
     def _write_data(self, columns: dict[str, np.ndarray], episode_index: int) -> dict[str, int]:
         """Append the episode's rows to the current data file, or start a new one past the size cap."""
@@ -287,16 +299,13 @@ class DatasetWriter:
         chunk, file = row["meta/episodes/chunk_index"], row["meta/episodes/file_index"]
         rows = [r for r in self.episode_rows
                 if (r["meta/episodes/chunk_index"], r["meta/episodes/file_index"]) == (chunk, file)]
-        ordered = [{k: r[k] for k in _episode_column_order(r)} for r in rows]
+        ordered = [{k: r[k] for k in episode_column_order(r)} for r in rows]
         write_parquet_atomic(pa.Table.from_pylist(ordered), self.root / chunk_file_path(DEFAULT_EPISODES_PATH,
                                                                                         chunk, file))
 
     def _commit(self, n: int, stats: dict[str, dict[str, np.ndarray]]) -> None:
         """Tasks, stats, then info.json: the episode exists once info.json counts it."""
-        names = pa.array(self.tasks, pa.large_string())
-        table = pa.table({"task_index": pa.array(range(len(self.tasks)), pa.int64()), "__index_level_0__": names})
-        table = table.replace_schema_metadata({"pandas": json.dumps(_PANDAS_TASKS_METADATA)})
-        write_parquet_atomic(table, self.root / TASKS_PATH)
+        write_tasks(self.root, self.tasks)
         all_stats = [unflatten_stats({k[len("stats/"):]: v for k, v in r.items() if k.startswith("stats/")})
                      for r in self.episode_rows]
         write_json_atomic(self.root / STATS_PATH, stats_to_json(aggregate_stats(all_stats)))
@@ -325,7 +334,7 @@ class DatasetWriter:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _numeric_array(values: np.ndarray, feature: dict[str, Any]) -> pa.Array:
+def numeric_array(values: np.ndarray, feature: dict[str, Any]) -> pa.Array:
     """(N, *shape) numbers -> an arrow column of arrow_type(feature), without Python objects."""
     flat = pa.array(np.ascontiguousarray(values).reshape(-1))
     shape = tuple(feature["shape"])
@@ -337,7 +346,7 @@ def _numeric_array(values: np.ndarray, feature: dict[str, Any]) -> pa.Array:
     return array
 
 
-def _episode_column_order(row: dict[str, Any]) -> list[str]:
+def episode_column_order(row: dict[str, Any]) -> list[str]:
     """LeRobot's column order: identity, data location, videos, stats, then the row's own location."""
     head = ["episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
             "dataset_to_index"]
