@@ -29,6 +29,7 @@ from robotrain.datasets.format import (
     INFO_KEYS,
     INFO_PATH,
     LEGACY_EPISODES_PATH,
+    QUANTILES,
     STAT_NAMES,
     STATS_PATH,
     TASKS_PATH,
@@ -65,6 +66,18 @@ class InfoConfig:
     root: Path | None = None
     """Local folder holding the dataset; overrides the cache lookup (works offline)."""
 
+
+
+REQUIRED_STATS = ("min", "max", "mean", "std", "count")
+
+
+def missing_stats(present: list[str]) -> list[str]:
+    """Stats a feature lacks: the moments always; quantiles only when some are there (LeRobot < 0.4 and
+    converted v2.1 datasets have none, which is valid)."""
+    missing = [s for s in REQUIRED_STATS if s not in present]
+    if any(q in present for q in QUANTILES):
+        missing += [q for q in QUANTILES if q not in present]
+    return missing
 
 def dataset_summary(cfg: InfoConfig) -> str:
     """A multi-line human summary: sizes, episode lengths, tasks, features, disk use and which stats exist."""
@@ -476,11 +489,12 @@ def _check_episode_stats(info: dict[str, Any], tables: list[tuple[str, pa.Table]
         episodes = table["episode_index"].to_pylist()
         bad: dict[tuple[int, str], list[str]] = defaultdict(list)
         for key, feature in features.items():
-            absent = [s for s in STAT_NAMES if f"stats/{key}/{s}" not in table.column_names]
+            present = [s for s in STAT_NAMES if f"stats/{key}/{s}" in table.column_names]
+            absent = missing_stats(present)
             if absent:
                 problems.add(source, f"per-episode stats of '{key}' lack the column(s) "
                                      f"{', '.join(f'stats/{key}/{s}' for s in absent)}")
-            for stat in (s for s in STAT_NAMES if s not in absent):
+            for stat in present:
                 for episode, value in zip(episodes, table[f"stats/{key}/{stat}"].to_pylist(), strict=True):
                     if (problem := _stat_problem(value, stat, feature)) is not None:
                         bad[(episode, key)].append(problem)
@@ -762,7 +776,7 @@ def _check_stats_json(root: Path, info: dict[str, Any], problems: Problems) -> N
         if not isinstance(entry, dict):
             problems.add(STATS_PATH, f"has no stats for feature '{key}'")
             continue
-        absent = [s for s in STAT_NAMES if s not in entry]
+        absent = missing_stats(list(entry))
         if absent:
             problems.add(STATS_PATH, f"stats of '{key}' lack {', '.join(absent)}")
         found = [p for s in STAT_NAMES if s in entry and (p := _stat_problem(entry[s], s, feature)) is not None]
