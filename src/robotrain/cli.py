@@ -89,7 +89,7 @@ def _dataset_info(argv: list[str]) -> int:
 
 def _dataset_validate(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_command
-    from robotrain.datasets.inspect import ValidateConfig, validate_dataset
+    from robotrain.datasets.validate import ValidateConfig, validate_dataset
 
     cfg = parse_command(ValidateConfig, argv, "dataset validate")
     problems = validate_dataset(cfg)

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from robotrain.datasets.format import DatasetError
-from robotrain.datasets.inspect import InfoConfig, ValidateConfig, dataset_summary, episodes_label, validate_dataset
+from robotrain.datasets.inspect import InfoConfig, dataset_summary
+from robotrain.datasets.validate import ValidateConfig, episodes_label, validate_dataset
 from robotrain.datasets.video import VideoDecoder, count_frames, video_info
 from robotrain.datasets.visualize import VisualizeConfig, nice_ticks, scaled_size, visualize_episode
 

@@ -22,8 +22,9 @@ import numpy as np
 
 from robotrain.datasets.dataset import LeRobotDataset, decode_png
 from robotrain.datasets.format import DatasetError
-from robotrain.datasets.inspect import camera_layout, flatten_names
+from robotrain.datasets.inspect import flatten_names
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
+from robotrain.datasets.validate import camera_layout
 from robotrain.datasets.video import VideoDecoder, VideoEncoding, encode_video
 
 logger = logging.getLogger(__name__)
