@@ -34,7 +34,9 @@ os.environ.setdefault("SVT_LOG", "1")
 DEFAULT_TOLERANCE_S = 1e-4
 _CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "av1": "libsvtav1"}
 _DEFAULT_PRESETS: dict[str, int | str] = {"libsvtav1": 12, "libx264": "veryfast", "libx265": "fast"}
-_DECODE_THREADS = 2  # for random access, per open file: each DataLoader worker decodes on its own
+# One thread for random access: a second dav1d thread keeps spinning after each frame and slowed the rest of the
+# sample (conversion, collation) on 2 cores: 17.7 -> 12.1 ms per 480x640 sample with one (docs/benchmarks.md).
+_DECODE_THREADS = 1
 
 
 @dataclass
