@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robotrain.datasets.format import (
@@ -170,11 +171,14 @@ class DatasetWriter:
         total = self.info["total_episodes"]
         for path in sorted((self.root / "data").glob("chunk-*/file-*.parquet"))[-1:]:
             table = pq.read_table(path)
-            kept = table.filter(pa.compute.less(table["episode_index"], total))
+            kept = table.filter(pc.less(table["episode_index"], total))
             if kept.num_rows != table.num_rows:
                 logger.warning("%s: removing %d frame(s) of an episode that was never committed", path,
                                table.num_rows - kept.num_rows)
-                write_parquet_atomic(kept, path) if kept.num_rows else path.unlink()
+                if kept.num_rows:
+                    write_parquet_atomic(kept, path)
+                else:
+                    path.unlink()
         if self.episode_rows:
             self._write_episode_rows()
 
