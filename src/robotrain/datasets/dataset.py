@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from robotrain.datasets.format import DatasetError, chunk_file_path
+from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, chunk_file_path
 from robotrain.datasets.metadata import LeRobotDatasetMetadata, read_parquet
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE_S = 1e-4
 
 
 def check_delta_timestamps(delta_timestamps: dict[str, list[float]], fps: int, tolerance_s: float,
@@ -80,7 +79,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.return_uint8 = return_uint8
         self.delta_indices = (check_delta_timestamps(delta_timestamps, self.fps, tolerance_s, self.features)
                               if delta_timestamps else None)
+        self._delta_offsets = {k: torch.tensor(v) for k, v in (self.delta_indices or {}).items()}
         self._load_columns()
+        self._video_locations = self._locate_videos()
         from robotrain.datasets.frames import make_frame_source
 
         self.frames = make_frame_source(self, frame_cache)
@@ -132,6 +133,14 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.episode_start = torch.from_numpy(np.repeat(starts, lengths))  # per row: first row of its episode
         self.episode_end = torch.from_numpy(np.repeat(starts + lengths, lengths))  # per row: one past its last
 
+    def _locate_videos(self) -> dict[str, tuple[list[Path], np.ndarray]]:
+        """Per video camera: each episode's mp4 and start time in it, read once (not per sample)."""
+        meta, locations = self.meta, {}
+        for key in meta.video_keys:
+            paths = [meta.get_video_file_path(e, key) for e in range(meta.total_episodes)]
+            locations[key] = (paths, meta.episode_column(f"videos/{key}/from_timestamp").astype(np.float64))
+        return locations
+
     def _check_rows(self, table: pa.Table, selected: list[int]) -> None:
         counts = dict(zip(*np.unique(table["episode_index"].to_numpy(), return_counts=True), strict=True))
         lengths = self.meta.episode_column("length")
@@ -161,10 +170,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_frames
 
-    def query_rows(self, row: int, offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_rows(self, row: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows at `offsets` from `row`, clamped to its episode (edge frames repeat), and the padding mask."""
         start, end = int(self.episode_start[row]), int(self.episode_end[row])
-        wanted = row + torch.tensor(offsets)
+        wanted = row + offsets
         return wanted.clamp(start, end - 1), (wanted < start) | (wanted >= end)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
@@ -172,7 +181,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             raise IndexError(f"frame {idx} is out of range for a dataset of {len(self)} frames")
         row = idx % len(self)
         item: dict[str, Any] = {}
-        deltas = self.delta_indices or {}
+        deltas = self._delta_offsets
         for key, column in self.columns.items():
             if key in deltas:
                 rows, pad = self.query_rows(row, deltas[key])
@@ -206,9 +215,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def video_timestamps(self, key: str, rows: list[int]) -> tuple[Path, list[float]]:
         """The mp4 holding `rows` of camera `key` and their times inside it (all rows from one episode)."""
         episode = int(self.columns["episode_index"][rows[0]])
-        start = float(self.meta.episodes[f"videos/{key}/from_timestamp"][episode].as_py())
-        times = [start + float(self.columns["timestamp"][r]) for r in rows]
-        return self.meta.get_video_file_path(episode, key), times
+        paths, starts = self._video_locations[key]
+        times = [float(starts[episode]) + float(self.columns["timestamp"][r]) for r in rows]
+        return paths[episode], times
 
     def __repr__(self) -> str:
         return (f"LeRobotDataset(repo_id={self.repo_id!r}, episodes={self.num_episodes}, frames={self.num_frames}, "

@@ -19,6 +19,7 @@ DEFAULT_CHUNK_SIZE = 1000  # files per chunk-XXX directory
 DEFAULT_DATA_FILE_SIZE_IN_MB = 100
 DEFAULT_VIDEO_FILE_SIZE_IN_MB = 200
 MB = 1024 * 1024
+DEFAULT_TOLERANCE_S = 1e-4  # largest gap between a requested and a stored frame time (LeRobot's default)
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"

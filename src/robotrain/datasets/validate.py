@@ -19,6 +19,7 @@ from robotrain.datasets.format import (
     DEFAULT_DATA_PATH,
     DEFAULT_EPISODES_PATH,
     DEFAULT_FEATURES,
+    DEFAULT_TOLERANCE_S,
     DEFAULT_VIDEO_PATH,
     EPISODES_DIR,
     INFO_KEYS,
@@ -42,7 +43,6 @@ from robotrain.datasets.stats import SKIPPED_DTYPES, stats_from_json
 
 logger = logging.getLogger(__name__)
 
-TIME_TOLERANCE_S = 1e-4
 MAX_EPISODES_NAMED = 8  # in one problem line; more are counted, not listed
 INDEX_COLUMNS = ("episode_index", "index", "frame_index", "timestamp", "task_index")
 
@@ -328,7 +328,7 @@ def _check_episode_table(info: dict[str, Any], tables: list[tuple[str, pa.Table]
         if unknown:
             problems.add(e.source, f"lists task(s) {unknown} that are not in {TASKS_PATH}", e.index)
         for key, (_, start_s, end_s) in e.videos.items():
-            if e.length is not None and abs((end_s - start_s) - e.length / fps) > TIME_TOLERANCE_S:
+            if e.length is not None and abs((end_s - start_s) - e.length / fps) > DEFAULT_TOLERANCE_S:
                 problems.add(e.source, f"videos/{key}: to_timestamp - from_timestamp is {end_s - start_s:.6f}s, but "
                                        f"length / fps is {e.length / fps:.6f}s", e.index)
     return episodes
@@ -485,7 +485,7 @@ def _check_episode_rows(info: dict[str, Any], rel: str, e: EpisodeRow, rows: np.
     if "timestamp" in columns:
         times = columns["timestamp"][rows]
         expected = np.arange(n) / info["fps"]
-        bad = np.flatnonzero(np.abs(times.astype(np.float64) - expected) > TIME_TOLERANCE_S)
+        bad = np.flatnonzero(np.abs(times.astype(np.float64) - expected) > DEFAULT_TOLERANCE_S)
         if len(bad):
             k = int(bad[0])
             problems.add(rel, f"timestamp is not frame_index / fps for {len(bad)} frame(s) (frame {k}: "
@@ -622,8 +622,8 @@ def _check_video_file(path: Path, key: str, feature: dict[str, Any], placed: lis
         problems.add(path, f"holds {len(scan.times)} frames, fewer than the {needed} of its episodes", indices)
     for e in placed:
         _, start_s, end_s = e.videos[key]
-        count = int(np.searchsorted(scan.times, end_s - TIME_TOLERANCE_S)
-                    - np.searchsorted(scan.times, start_s - TIME_TOLERANCE_S))
+        count = int(np.searchsorted(scan.times, end_s - DEFAULT_TOLERANCE_S)
+                    - np.searchsorted(scan.times, start_s - DEFAULT_TOLERANCE_S))
         if e.length is not None and count != e.length:
             problems.add(path, f"holds {count} frames in [from_timestamp {start_s:.4f}s, to_timestamp "
                                f"{end_s:.4f}s), but the episode's length is {e.length}", e.index)

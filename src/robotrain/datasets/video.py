@@ -24,14 +24,13 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from robotrain.datasets.format import DatasetError
+from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError
 
 logger = logging.getLogger(__name__)
 
 # SVT-AV1 prints a ~25-line banner to stderr for every encoded episode; keep its errors only unless the user chose.
 os.environ.setdefault("SVT_LOG", "1")
 
-DEFAULT_TOLERANCE_S = 1e-4
 _CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "av1": "libsvtav1"}
 _DEFAULT_PRESETS: dict[str, int | str] = {"libsvtav1": 12, "libx264": "veryfast", "libx265": "fast"}
 # One thread for random access: a second dav1d thread keeps spinning after each frame and slowed the rest of the
