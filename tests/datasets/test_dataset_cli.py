@@ -45,6 +45,7 @@ def test_user_errors(tmp_path):
     assert wrong.returncode == 2 and "--episode=3: is not an option" in wrong.stderr
     absent = run("info", "--repo_id=test/x", f"--root={tmp_path / 'nothing'}", cwd=tmp_path)
     assert absent.returncode == 2 and "HF_HUB_OFFLINE" in absent.stderr and "Traceback" not in absent.stderr
+    assert "does not exist" in absent.stderr and "point root at the folder that holds meta/info.json" in absent.stderr
     old = write_v21_dataset(tmp_path / "old", [3])
     loaded = run("info", "--repo_id=x/old", f"--root={old}", cwd=tmp_path)
     assert loaded.returncode == 2 and f"robotrain dataset convert --root={old}" in loaded.stderr

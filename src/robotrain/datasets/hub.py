@@ -29,8 +29,10 @@ def resolve_dataset_root(repo_id: str, root: str | Path | None, revision: str | 
         return target  # an existing folder is read as is; the reader says precisely what is wrong with it
     if hub_offline_requested() or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
-        where = f"root {target}" if root is not None else f"{target}"
-        raise DatasetError(f"dataset {repo_id} is not at {where} (no {INFO_PATH}) and {why}. Fix: pass "
+        if root is not None:
+            raise DatasetError(f"dataset {repo_id}: root {target} does not exist and {why}. Fix: point root at the "
+                               f"folder that holds {INFO_PATH}")
+        raise DatasetError(f"dataset {repo_id} is not at {target} (no {INFO_PATH}) and {why}. Fix: pass "
                            "--dataset.root=DIR (root=DIR) pointing at a local copy, or record one with "
                            "`robotrain dataset record-sim`")
     download_dataset(repo_id, target, revision or CODEBASE_VERSION, episodes)
