@@ -1,0 +1,131 @@
+"""`--policy.type` -> policy class, and make_policy: features from a dataset or env, statistics, weights, device."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from robotrain.configs.policies import PolicyConfig
+from robotrain.configs.types import FeatureType, PolicyFeature
+from robotrain.devices import resolve_device
+from robotrain.errors import UserError
+
+if TYPE_CHECKING:
+    from robotrain.datasets.metadata import LeRobotDatasetMetadata
+    from robotrain.envs.configs import EnvConfig
+    from robotrain.policies.base import Policy
+
+logger = logging.getLogger(__name__)
+
+# type -> (module, class). A model is imported only when its type is used.
+POLICY_CLASSES = {
+    "act": ("robotrain.policies.act.modeling", "ACTPolicy"),
+    "diffusion": ("robotrain.policies.diffusion.modeling", "DiffusionPolicy"),
+}
+
+
+def get_policy_class(policy_type: str) -> type[Policy]:
+    """The Policy subclass of a `--policy.type` name."""
+    if policy_type not in POLICY_CLASSES:
+        available = ", ".join(POLICY_CLASSES)
+        raise UserError(f"--policy.type={policy_type}: this version of robotrain can configure it but has no model "
+                        f"for it yet (models: {available}). Fix: use --policy.type=act or --policy.type=diffusion")
+    module, name = POLICY_CLASSES[policy_type]
+    return getattr(importlib.import_module(module), name)
+
+
+def dataset_to_policy_features(features: Mapping[str, Mapping[str, Any]]) -> dict[str, PolicyFeature]:
+    """Dataset features (info.json) -> policy features: cameras VISUAL (channel-first), states, env state, action."""
+    out = {}
+    for key, spec in features.items():
+        shape = tuple(spec["shape"])
+        if spec["dtype"] in ("video", "image"):
+            names = spec.get("names") or []
+            if len(shape) == 3 and len(names) == 3 and names[2] in ("channel", "channels"):
+                shape = (shape[2], shape[0], shape[1])  # stored HWC; models take CHW
+            out[key] = PolicyFeature(FeatureType.VISUAL, shape)
+        elif key == "observation.environment_state":
+            out[key] = PolicyFeature(FeatureType.ENV, shape)
+        elif key.startswith("observation."):
+            out[key] = PolicyFeature(FeatureType.STATE, shape)
+        elif key == "action":
+            out[key] = PolicyFeature(FeatureType.ACTION, shape)
+    return out
+
+
+def features_mismatch(expected: Mapping[str, PolicyFeature], available: Mapping[str, PolicyFeature]) -> list[str]:
+    """Human-readable differences between what a policy was built for and what a data source provides."""
+    problems = []
+    for key, feature in expected.items():
+        if key not in available:
+            problems.append(f"'{key}' {tuple(feature.shape)} is missing")
+        elif tuple(available[key].shape) != tuple(feature.shape):
+            problems.append(f"'{key}' has shape {tuple(available[key].shape)}, the policy expects "
+                            f"{tuple(feature.shape)}")
+    return problems
+
+
+def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None, env_cfg: EnvConfig | None = None,
+                dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, adapt_features: bool = False) -> Policy:
+    """Build the policy `cfg` describes for a dataset (training) or an env (evaluation), on cfg.device.
+
+    With cfg.pretrained_path (--policy.path) the weights are loaded; given a dataset, its statistics replace the
+    checkpoint's (fine-tuning). Features that differ from the checkpoint's stop with a message naming them, unless
+    `adapt_features` asks to rebuild the layers they feed.
+    """
+    if (ds_meta is None) == (env_cfg is None):
+        raise ValueError("make_policy needs exactly one of ds_meta or env_cfg")
+    available = dataset_to_policy_features(ds_meta.features) if ds_meta is not None else dict(env_cfg.features)
+    source = f"dataset {ds_meta.repo_id}" if ds_meta is not None else f"env {env_cfg.type}"
+    pretrained = cfg.pretrained_path is not None
+    if pretrained and (cfg.input_features or cfg.output_features):
+        problems = features_mismatch({**cfg.input_features, **cfg.output_features}, available)
+        if problems and not adapt_features:
+            raise UserError(f"the policy at {cfg.pretrained_path} cannot use the {source}: {'; '.join(problems)}. "
+                            "Fix: use data with the policy's features, or fine-tune with --adapt_features=true to "
+                            "rebuild the layers those features feed")
+        if problems:
+            logger.warning("adapting the policy to the %s: %s", source, "; ".join(problems))
+            cfg.input_features, cfg.output_features = {}, {}
+    if not cfg.output_features:
+        cfg.output_features = {k: f for k, f in available.items() if f.type is FeatureType.ACTION}
+    if not cfg.input_features:
+        cfg.input_features = {k: f for k, f in available.items() if f.type is not FeatureType.ACTION}
+    if not cfg.output_features:
+        raise UserError(f"the {source} has no 'action' feature, so a policy cannot be trained on it. "
+                        "Fix: use a dataset recorded with actions")
+    cfg.device = str(resolve_device(cfg.device))
+    cfg.validate()
+
+    policy_cls = get_policy_class(cfg.type)
+    policy = policy_cls(cfg)
+    if pretrained:
+        _load_pretrained_weights(policy, Path(cfg.pretrained_path), adapt_features)
+    stats = dataset_stats if dataset_stats is not None else (ds_meta.stats if ds_meta is not None else None)
+    if stats is not None:
+        policy.load_stats(stats)
+    elif not pretrained:
+        raise UserError(f"a new {cfg.type} policy needs dataset statistics to normalize its inputs. Fix: build it "
+                        "from a dataset, or evaluate a trained policy with --policy.path")
+    return policy.to(cfg.device)
+
+
+def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool) -> None:
+    from safetensors.torch import load_file
+
+    from robotrain.policies.base import WEIGHTS_NAME, load_weights
+
+    if not adapt:
+        load_weights(policy, directory / WEIGHTS_NAME)
+        return
+    # Keep every tensor whose shape still fits; layers fed by changed features keep their fresh initialization.
+    saved = load_file(str(directory / WEIGHTS_NAME))
+    own = policy.state_dict()
+    fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    policy.load_state_dict(fitting, strict=False)
+    fresh = sorted(set(own) - set(fitting))
+    if fresh:
+        logger.warning("re-initialized %d tensor(s) that do not fit the new features, e.g. %s", len(fresh), fresh[0])
