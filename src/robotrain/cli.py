@@ -1,11 +1,11 @@
 """The `robotrain` command: train | eval | dataset | demo. The only module that prints.
 
-Exit codes: 0 done, 1 the command could not do its work, 2 a user error (one line on stderr, nothing written).
+Exit codes: 0 done, 1 the command could not do its work, 2 a user error (one line on stderr, nothing written),
+130 training stopped by SIGINT/SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from robotrain import __version__
 from robotrain.errors import UserError, did_you_mean, find_user_error
 
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DATASET_COMMANDS = {
     "info": "summary of a dataset: episodes, frames, fps, features, tasks, size",
@@ -63,20 +63,41 @@ def _not_yet_available(command: str, what: str) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_train_config
-    from robotrain.configs.train import config_to_dict
+    from robotrain.training.train import TrainingDiverged, train
 
     cfg = parse_train_config(argv)
-    print(json.dumps(config_to_dict(cfg), indent=2))
-    return _not_yet_available("train", "the training loop (the configuration above is valid)")
+    try:
+        result = train(cfg)
+    except TrainingDiverged as diverged:
+        print(f"robotrain train: stopped: {diverged}", file=sys.stderr)
+        return EXIT_FAILED
+    resume = f"robotrain train --config_path={result.output_dir}/checkpoints/last/pretrained_model --resume=true"
+    if result.stopped_by is not None:
+        where = f"checkpoint saved at {result.checkpoint}" if result.checkpoint else "no checkpoint (saving is off)"
+        print(f"stopped by {result.stopped_by} at step {result.step}; {where}. Continue with:\n  {resume}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"done: {result.step} steps in {result.output_dir}")
+    if result.checkpoint is not None:
+        print(f"  checkpoint: {result.checkpoint}/pretrained_model")
+    print(f"  metrics:    {result.output_dir}/metrics.jsonl, plots in {result.output_dir}/plots")
+    return EXIT_OK
 
 
 def cmd_eval(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_eval_config
-    from robotrain.configs.train import config_to_dict
+    from robotrain.evaluation.eval import EVAL_INFO_NAME, run_eval
 
     cfg = parse_eval_config(argv)
-    print(json.dumps(config_to_dict(cfg), indent=2))
-    return _not_yet_available("eval", "simulation evaluation (the configuration above is valid)")
+    info = run_eval(cfg)
+    aggregated = info["aggregated"]
+    print(f"{len(info['per_episode'])} episodes: success {aggregated['pc_success']:.1f}%, "
+          f"avg sum reward {aggregated['avg_sum_reward']:.3f}, avg max reward {aggregated['avg_max_reward']:.3f}, "
+          f"{aggregated['eval_s']:.1f} s")
+    print(f"  results: {cfg.output_dir}/{EVAL_INFO_NAME}")
+    if info["video_paths"]:
+        print(f"  videos:  {cfg.output_dir}/videos ({len(info['video_paths'])})")
+    return EXIT_OK
 
 
 def _dataset_info(argv: list[str]) -> int:
@@ -120,7 +141,27 @@ def _dataset_convert(argv: list[str]) -> int:
 
 
 def _dataset_record_sim(argv: list[str]) -> int:
-    return _not_yet_available("dataset record-sim", "recording in simulation")
+    from robotrain.configs.parser import parse_command
+    from robotrain.envs.record import RecordSimConfig, record_sim
+
+    cfg = parse_command(RecordSimConfig, argv, "dataset record-sim")
+    try:
+        report = record_sim(cfg)
+    except KeyboardInterrupt:
+        print("robotrain dataset record-sim: interrupted; the episodes saved so far are kept. Run the same command "
+              "again to continue", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
+    failed = f"; the expert failed seed(s) {', '.join(map(str, report.failed_seeds))}" if report.failed_seeds else ""
+    print(f"recorded {report.new_episodes} new episode(s) from {report.attempts} seed(s) in {report.seconds:.1f} s"
+          f"{failed}\n{report.root} holds {report.episodes} episodes ({report.frames} frames)")
+    if not report.complete:
+        print(f"robotrain dataset record-sim: only {report.episodes} of {cfg.num_episodes} episodes after "
+              f"{cfg.attempt_limit()} seeds; rerun with a larger --max_attempts to continue", file=sys.stderr)
+        return EXIT_FAILED
+    policy = {"aloha": "act", "pusht": "diffusion"}.get(cfg.env.type, "act")
+    print(f"train on it: robotrain train --dataset.repo_id={cfg.repo_id} --dataset.root={report.root} "
+          f"--policy.type={policy}")
+    return EXIT_OK
 
 
 DATASET_TOOLS: dict[str, Callable[[list[str]], int]] = {

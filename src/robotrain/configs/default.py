@@ -107,10 +107,15 @@ class EvalConfig:
     """Environments stepped together; 0 picks min(70% of CPU cores, n_episodes, 64)."""
     use_async_envs: bool = True
     """Step environments in subprocesses (faster for slow simulators) instead of in this process."""
+    max_episodes_rendered: int = 10
+    """Save videos of the first this many episodes (`robotrain eval`; training evaluations save up to 4)."""
 
     def validate(self) -> None:
         if self.n_episodes < 1:
             raise ConfigError("n_episodes", self.n_episodes, "must be at least 1", "e.g. --eval.n_episodes=50")
+        if self.max_episodes_rendered < 0:
+            raise ConfigError("max_episodes_rendered", self.max_episodes_rendered, "cannot be negative",
+                              "use 0 for no videos, or a positive count")
         if self.batch_size < 0:
             raise ConfigError("batch_size", self.batch_size, "cannot be negative",
                               "use 0 for automatic, or a positive number of environments")

@@ -62,6 +62,8 @@ class TrainConfig:
     """Save checkpoints (every save_freq steps and at the end)."""
     save_freq: int = 20_000
     """Save a checkpoint every this many steps; 0 saves only at the end."""
+    adapt_features: bool = False
+    """Fine-tuning (--policy.path) on data whose features differ: rebuild the layers they feed instead of stopping."""
     use_policy_training_preset: bool = True
     """Train with the policy's optimizer and schedule (its optimizer_* and scheduler_* fields)."""
     optimizer: OptimizerConfig | None = None

@@ -170,6 +170,11 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_frames
 
+    def episode_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, one past the last row) of each selected episode, in this dataset's row numbering."""
+        starts = np.unique(self.episode_start.numpy())
+        return starts, self.episode_end.numpy()[starts]
+
     def query_rows(self, row: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows at `offsets` from `row`, clamped to its episode (edge frames repeat), and the padding mask."""
         start, end = int(self.episode_start[row]), int(self.episode_end[row])

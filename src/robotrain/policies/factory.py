@@ -69,12 +69,14 @@ def features_mismatch(expected: Mapping[str, PolicyFeature], available: Mapping[
 
 
 def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None, env_cfg: EnvConfig | None = None,
-                dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, adapt_features: bool = False) -> Policy:
+                dataset_stats: Mapping[str, Mapping[str, Any]] | None = None, adapt_features: bool = False,
+                use_dataset_stats: bool = True) -> Policy:
     """Build the policy `cfg` describes for a dataset (training) or an env (evaluation), on cfg.device.
 
     With cfg.pretrained_path (--policy.path) the weights are loaded; given a dataset, its statistics replace the
     checkpoint's (fine-tuning). Features that differ from the checkpoint's stop with a message naming them, unless
-    `adapt_features` asks to rebuild the layers they feed.
+    `adapt_features` asks to rebuild the layers they feed. A resumed run passes use_dataset_stats=False to keep
+    the checkpoint's statistics.
     """
     if (ds_meta is None) == (env_cfg is None):
         raise ValueError("make_policy needs exactly one of ds_meta or env_cfg")
@@ -105,7 +107,7 @@ def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None
     if pretrained:
         _load_pretrained_weights(policy, Path(cfg.pretrained_path), adapt_features)
     stats = dataset_stats if dataset_stats is not None else (ds_meta.stats if ds_meta is not None else None)
-    if stats is not None:
+    if stats is not None and (use_dataset_stats or not pretrained):
         policy.load_stats(stats)
     elif not pretrained:
         raise UserError(f"a new {cfg.type} policy needs dataset statistics to normalize its inputs. Fix: build it "

@@ -1,0 +1,211 @@
+"""Checkpoints in LeRobot's layout, written so that a crash at any moment leaves `last` on a complete one.
+
+    <output_dir>/checkpoints/<step>/pretrained_model/{config.json, model.safetensors, train_config.json}
+                                    training_state/{optimizer_param_groups.json, optimizer_state.safetensors,
+                                                    rng_state.safetensors, scheduler_state.json, training_step.json}
+    <output_dir>/checkpoints/last -> <step>
+
+A checkpoint is written into checkpoints/.tmp-<step>, renamed into place, and only then is `last` switched (a new
+symlink renamed over the old one). Renames are atomic, so a reader sees the old checkpoint or the new one, never
+half of one. Leftover .tmp-* directories from a crash are removed when training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from robotrain.configs.train import (
+    CHECKPOINTS_DIR,
+    LAST_CHECKPOINT_LINK,
+    PRETRAINED_MODEL_DIR,
+    TRAIN_CONFIG_NAME,
+    TRAINING_STATE_DIR,
+    TrainConfig,
+    save_config,
+)
+from robotrain.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_STATE = "optimizer_state.safetensors"
+OPTIMIZER_PARAM_GROUPS = "optimizer_param_groups.json"
+SCHEDULER_STATE = "scheduler_state.json"
+RNG_STATE = "rng_state.safetensors"
+TRAINING_STEP = "training_step.json"
+TMP_PREFIX = ".tmp-"
+
+
+def step_id(step: int, total_steps: int) -> str:
+    """Zero-padded to at least 6 digits (or the width of the total), so names sort in step order."""
+    return f"{step:0{max(6, len(str(total_steps)))}d}"
+
+
+def checkpoints_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR
+
+
+def save_checkpoint(output_dir: Path, step: int, cfg: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, samples: int) -> Path:
+    """Write checkpoint `step` atomically and point `last` at it; returns its directory."""
+    root = checkpoints_dir(output_dir)
+    final = root / step_id(step, cfg.steps)
+    if final.is_dir():  # the same step saved before (a resumed run that ends where it began): identical state
+        _point_last_at(root, final.name)
+        return final
+    tmp = root / f"{TMP_PREFIX}{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_dir, state_dir = tmp / PRETRAINED_MODEL_DIR, tmp / TRAINING_STATE_DIR
+    policy.save_pretrained(model_dir)
+    save_config(cfg, model_dir / TRAIN_CONFIG_NAME)
+    state_dir.mkdir(parents=True)
+    save_optimizer_state(optimizer, state_dir)
+    if scheduler is not None:
+        _write_json(state_dir / SCHEDULER_STATE, scheduler.state_dict())
+    save_file(rng_state(), str(state_dir / RNG_STATE))
+    _write_json(state_dir / TRAINING_STEP, {"step": step, "samples": samples, "batch_size": cfg.batch_size,
+                                             "dp_world_size": 1, "grad_accum_steps": 1})
+    _sync_tree(tmp)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _point_last_at(root, final.name)
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def _point_last_at(root: Path, name: str) -> None:
+    link = root / LAST_CHECKPOINT_LINK
+    tmp_link = root / f"{TMP_PREFIX}{LAST_CHECKPOINT_LINK}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(name)  # relative: the run directory can be moved
+    os.replace(tmp_link, link)
+    _fsync_dir(root)
+
+
+def remove_partial_checkpoints(output_dir: Path) -> None:
+    """Delete .tmp-* leftovers of a checkpoint that a crash interrupted (the complete ones are untouched)."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return
+    for leftover in root.glob(f"{TMP_PREFIX}*"):
+        logger.info("removing %s, left by an interrupted checkpoint", leftover)
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+# ---- optimizer ---------------------------------------------------------------------------------------------
+def save_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Tensors to safetensors ('state.<param>.<name>'), param groups and scalars to JSON, as LeRobot splits them."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param_id}.{name}"] = value
+    save_file(tensors, str(directory / OPTIMIZER_STATE))
+    _write_json(directory / OPTIMIZER_PARAM_GROUPS, {"param_groups": state["param_groups"], "scalars": scalars})
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    groups = json.loads((directory / OPTIMIZER_PARAM_GROUPS).read_text())
+    if isinstance(groups, list):  # LeRobot writes the list of groups alone
+        groups = {"param_groups": groups, "scalars": {}}
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in load_file(str(directory / OPTIMIZER_STATE)).items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = tensor
+    for key, value in groups["scalars"].items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+# ---- random number generators -----------------------------------------------------------------------------
+def rng_state() -> dict[str, torch.Tensor]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as tensors, with LeRobot's key names."""
+    version, py_state, gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "py_rng_version": torch.tensor([version], dtype=torch.int64),
+        "py_rng_state": torch.tensor(py_state, dtype=torch.int64),
+        "py_rng_gauss_next": torch.tensor([np.nan if gauss is None else gauss], dtype=torch.float64),
+        "np_rng_state_values": torch.from_numpy(np_keys.astype(np.int64)),
+        "np_rng_state_index": torch.tensor([np_pos], dtype=torch.int64),
+        "np_rng_has_gauss": torch.tensor([np_has_gauss], dtype=torch.int64),
+        "np_rng_cached_gaussian": torch.tensor([np_gauss], dtype=torch.float64),
+        "torch_rng_state": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda_rng_state"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    gauss = float(state["py_rng_gauss_next"][0]) if "py_rng_gauss_next" in state else float("nan")
+    random.setstate((int(state["py_rng_version"][0]), tuple(int(v) for v in state["py_rng_state"]),
+                     None if np.isnan(gauss) else gauss))
+    np.random.set_state(("MT19937", state["np_rng_state_values"].numpy().astype(np.uint32),
+                         int(state["np_rng_state_index"][0]), int(state["np_rng_has_gauss"][0]),
+                         float(state["np_rng_cached_gaussian"][0])))
+    torch.set_rng_state(state["torch_rng_state"])
+    if "torch_cuda_rng_state" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda_rng_state"])
+
+
+# ---- resume ------------------------------------------------------------------------------------------------
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
+    """Restore optimizer, scheduler and RNG from `checkpoint`; returns (step, samples drawn so far)."""
+    state_dir = Path(checkpoint) / TRAINING_STATE_DIR
+    for name in (TRAINING_STEP, OPTIMIZER_STATE, OPTIMIZER_PARAM_GROUPS, RNG_STATE):
+        if not (state_dir / name).is_file():
+            raise UserError(f"cannot resume from {checkpoint}: {TRAINING_STATE_DIR}/{name} is missing. Fix: resume "
+                            "from a complete checkpoint (checkpoints/last always is one), or start a new run")
+    info = json.loads((state_dir / TRAINING_STEP).read_text())
+    step = int(info["step"])
+    samples = int(info.get("samples", step * int(info.get("batch_size", 0))))
+    try:
+        load_optimizer_state(optimizer, state_dir)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"cannot resume from {checkpoint}: its optimizer state does not fit this run ({exc}). "
+                        "Fix: resume with the same policy and optimizer settings") from None
+    if scheduler is not None and (state_dir / SCHEDULER_STATE).is_file():
+        scheduler.load_state_dict(json.loads((state_dir / SCHEDULER_STATE).read_text()))
+    set_rng_state(load_file(str(state_dir / RNG_STATE)))
+    return step, samples
+
+
+# ---- files -------------------------------------------------------------------------------------------------
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file, so a renamed checkpoint is on disk even after a power loss, not only a process crash."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

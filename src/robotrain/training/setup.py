@@ -1,0 +1,107 @@
+"""The pieces a run is built from: seeding, the dataset with the policy's time offsets, batches on the device."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robotrain.configs.policies import PolicyConfig
+from robotrain.configs.train import TrainConfig
+from robotrain.datasets.dataset import LeRobotDataset
+from robotrain.datasets.metadata import LeRobotDatasetMetadata
+from robotrain.errors import ConfigError, UserError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def set_seed(seed: int | None) -> None:
+    """Seed Python, NumPy and torch (all devices); None leaves them unseeded."""
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def delta_timestamps(policy: PolicyConfig, meta: LeRobotDatasetMetadata) -> dict[str, list[float]] | None:
+    """The time offsets (seconds) each sample holds, from the policy's frame offsets and the dataset's fps."""
+    out = {}
+    for key in meta.features:
+        if key == "next.reward":
+            indices = policy.reward_delta_indices
+        elif key == "action":
+            indices = policy.action_delta_indices
+        elif key.startswith("observation."):
+            indices = policy.observation_delta_indices
+        else:
+            indices = None
+        if indices is not None:
+            out[key] = [i / meta.fps for i in indices]
+    return out or None
+
+
+def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
+    """The training dataset: frames as uint8 (made float on the device), cached when the budget allows."""
+    if cfg.dataset.image_transforms.enable:
+        raise ConfigError("dataset.image_transforms.enable", True, "is not available in this version of robotrain",
+                          "drop it (Diffusion Policy crops randomly inside the model already)")
+    meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, cfg.dataset.root, cfg.dataset.revision, cfg.dataset.episodes)
+    return LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
+                          delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
+                          revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend, return_uint8=True,
+                          frame_cache="auto")
+
+
+def dataset_stats(cfg: TrainConfig, dataset: LeRobotDataset) -> dict[str, dict[str, Any]]:
+    """The dataset's statistics, with ImageNet's for cameras when --dataset.use_imagenet_stats (LeRobot's default)."""
+    stats = {key: dict(value) for key, value in dataset.meta.stats.items()}
+    if cfg.dataset.use_imagenet_stats:
+        for key in dataset.meta.camera_keys:
+            stats.setdefault(key, {})
+            stats[key]["mean"] = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+            stats[key]["std"] = np.array(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    return stats
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device, camera_keys: list[str]) -> dict[str, Any]:
+    """Tensors to `device` (asynchronously from pinned memory); uint8 cameras become float in [0, 1] there."""
+    out = {}
+    non_blocking = device.type == "cuda"
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=non_blocking)
+            if key in camera_keys and value.dtype == torch.uint8:
+                value = value.float().div_(255)
+        out[key] = value
+    return out
+
+
+def ignore_interrupts_in_worker(_worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: data workers ignore it so the trainer can save and stop cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def checkpoint_bytes(policy: torch.nn.Module, optimizer_states_per_param: int = 2) -> int:
+    """A generous estimate of one checkpoint's size: weights and buffers, plus Adam's two moments per weight."""
+    weights = sum(t.numel() * t.element_size() for t in policy.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in policy.parameters() if p.requires_grad)
+    return weights + optimizer_states_per_param * trainable
+
+
+def check_disk_space(output_dir: Path, needed: int) -> None:
+    """Stop before training when a checkpoint could not be written (room for two: the new one and the last)."""
+    free = shutil.disk_usage(output_dir).free
+    if free < 2 * needed:
+        raise UserError(f"--output_dir={output_dir}: only {free / 2**30:.2f} GiB free, and each checkpoint needs "
+                        f"{needed / 2**30:.2f} GiB (room for two is required). Fix: free disk space or choose an "
+                        "--output_dir on a larger disk")
