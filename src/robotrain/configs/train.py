@@ -132,8 +132,8 @@ def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume_checkpoin
         assert resume_checkpoint is not None, "the parser finds the checkpoint of a resumed run"
         cfg.checkpoint_path = resume_checkpoint
         cfg.policy.pretrained_path = resume_checkpoint / PRETRAINED_MODEL_DIR
-        if cfg.output_dir is None:
-            cfg.output_dir = resume_checkpoint.parent.parent
+        # The run continues where its checkpoint lives, even if the run directory was moved since it was saved.
+        cfg.output_dir = resume_checkpoint.parent.parent
     else:
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir("train", cfg.job_name)

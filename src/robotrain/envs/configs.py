@@ -1,7 +1,7 @@
 """Environment configs: task, rate, episode length and the features a policy gets from each observation type.
 
 fps and episode lengths are LeRobot's (PushT 10 Hz / 300 steps, ALOHA 50 Hz / 400, xArm 15 Hz / 200), so policies
-trained on LeRobot's datasets act at the rate they were recorded at.
+trained on LeRobot's datasets act at the rate they were recorded at. Building the envs is envs/factory.py's job.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class EnvConfig(draccus.ChoiceRegistry):
     package_name: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ()
     obs_types: ClassVar[tuple[str, ...]] = ()
+    task_descriptions: ClassVar[dict[str, str]] = {}
+    """Natural-language text per task: the dataset `task` column and a VLA's instruction."""
+    install_hint: ClassVar[str] = "pip install 'robotrain[sim]'"
+    """How to install what this env needs (named in the error when it is missing)."""
 
     @property
     def type(self) -> str:
@@ -54,6 +58,16 @@ class EnvConfig(draccus.ChoiceRegistry):
     def features_map(self) -> dict[str, str]:
         """Raw observation key (`pixels/top` for nested dicts) -> batch key."""
         raise NotImplementedError
+
+    @property
+    def input_features(self) -> dict[str, PolicyFeature]:
+        """What a policy evaluated in this env is fed: every feature but the action."""
+        return {key: ft for key, ft in self.features.items() if ft.type is not FeatureType.ACTION}
+
+    @property
+    def output_features(self) -> dict[str, PolicyFeature]:
+        """What a policy must output to drive this env: the action."""
+        return {key: ft for key, ft in self.features.items() if ft.type is FeatureType.ACTION}
 
     @property
     def gym_kwargs(self) -> dict[str, Any]:
@@ -98,6 +112,7 @@ class PushtEnv(EnvConfig):
     package_name = "gym_pusht"
     tasks = ("PushT-v0",)
     obs_types = ("pixels_agent_pos", "environment_state_agent_pos")
+    task_descriptions = {"PushT-v0": "Push the T-shaped block onto the target."}
 
     @property
     def features(self) -> dict[str, PolicyFeature]:
@@ -137,6 +152,10 @@ class AlohaEnv(EnvConfig):
     package_name = "gym_aloha"
     tasks = ("AlohaInsertion-v0", "AlohaTransferCube-v0")
     obs_types = ("pixels_agent_pos", "pixels")
+    task_descriptions = {
+        "AlohaInsertion-v0": "Insert the peg into the socket.",
+        "AlohaTransferCube-v0": "Pick up the cube with the right arm and transfer it to the left arm.",
+    }
 
     @property
     def features(self) -> dict[str, PolicyFeature]:
@@ -148,13 +167,19 @@ class AlohaEnv(EnvConfig):
 
     @property
     def features_map(self) -> dict[str, str]:
-        return {"pixels/top": "observation.images.top", "agent_pos": "observation.state", ACTION: ACTION}
+        # gym-aloha nests the camera under "pixels" with pixels_agent_pos and puts it at the top level with pixels.
+        return {"pixels/top": "observation.images.top", "top": "observation.images.top",
+                "agent_pos": "observation.state", ACTION: ACTION}
 
 
 @EnvConfig.register_subclass("xarm")
 @dataclass
 class XarmEnv(EnvConfig):
-    """xArm lift (FOWM's task): lift a cube with a 4-D end-effector action; 84x84 camera."""
+    """xArm lift (FOWM's task): lift a cube with a 4-D end-effector action; 84x84 camera.
+
+    Runs robotrain's own MuJoCo 3 port (envs/xarm/), which loads the scene files of the gym-xarm package:
+    gym-xarm's own code needs mujoco<3 and gymnasium<1 (see docs/envs.md).
+    """
 
     task: str = "XarmLift-v0"
     """Gym task id."""
@@ -172,6 +197,12 @@ class XarmEnv(EnvConfig):
     package_name = "gym_xarm"
     tasks = ("XarmLift-v0",)
     obs_types = ("pixels_agent_pos", "pixels")
+    task_descriptions = {"XarmLift-v0": "Lift the cube."}
+    install_hint = "pip install 'robotrain[sim]' && pip install --no-deps gym-xarm==0.1.1"
+
+    @property
+    def gym_id(self) -> str:
+        return f"robotrain/{self.task}"
 
     @property
     def features(self) -> dict[str, PolicyFeature]:

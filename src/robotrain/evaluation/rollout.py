@@ -110,15 +110,14 @@ class Evaluator:
         for _ in range(self.env_cfg.episode_length):
             if done[:count].all():
                 break
-            batch = preprocess_observation(observation, self.env_cfg)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = preprocess_observation(observation, self.env_cfg, device=device)
             with torch.inference_mode(), amp:
                 action = policy.select_action({**batch, "task": task})
             observation, reward, terminated, truncated, info = env.step(action.float().cpu().numpy())
             live = ~done
             sum_reward[live] += reward[live]
             max_reward[live] = np.maximum(max_reward[live], reward[live])
-            success[live] |= episode_success(info, n)[live]
+            success[live] |= episode_success(info)[live]
             length[live] += 1
             self._capture(frames, env, live)  # the frame after this step, terminal frames included
             done |= np.asarray(terminated) | np.asarray(truncated)

@@ -101,7 +101,7 @@ class Normalizer(nn.Module):
         out = dict(batch)
         for feature, key in self.keys.items():
             if feature in out:
-                out[feature] = self._apply(self.stats[key], out[feature], inverse=False)
+                out[feature] = self._transform(self.stats[key], out[feature], inverse=False)
         return out
 
     def unnormalize(self, feature: str, value: torch.Tensor) -> torch.Tensor:
@@ -110,10 +110,10 @@ class Normalizer(nn.Module):
             self._check_ready()
         if feature not in self.keys:
             return value
-        return self._apply(self.stats[self.keys[feature]], value, inverse=True)
+        return self._transform(self.stats[self.keys[feature]], value, inverse=True)
 
     @staticmethod
-    def _apply(stats: FeatureStats, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _transform(stats: FeatureStats, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if stats.mode is NormalizationMode.MEAN_STD:
             mean, std = stats.mean, stats.std
             return x * (std + EPS) + mean if inverse else (x - mean) / (std + EPS)

@@ -100,7 +100,10 @@ def checkpoint_bytes(policy: torch.nn.Module, optimizer_states_per_param: int = 
 
 def check_disk_space(output_dir: Path, needed: int) -> None:
     """Stop before training when a checkpoint could not be written (room for two: the new one and the last)."""
-    free = shutil.disk_usage(output_dir).free
+    existing = Path(output_dir)
+    while not existing.exists():  # the run directory is created only after this check
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if free < 2 * needed:
         raise UserError(f"--output_dir={output_dir}: only {free / 2**30:.2f} GiB free, and each checkpoint needs "
                         f"{needed / 2**30:.2f} GiB (room for two is required). Fix: free disk space or choose an "

@@ -83,18 +83,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     from robotrain.policies.factory import make_policy
 
     output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_partial_checkpoints(output_dir)
     set_seed(cfg.seed)
     device = resolve_device(cfg.policy.device)
-    logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
 
     dataset = make_dataset(cfg)
     policy = make_policy(cfg.policy, ds_meta=dataset.meta, dataset_stats=dataset_stats(cfg, dataset),
                          use_dataset_stats=not cfg.resume, adapt_features=cfg.adapt_features)
     optimizer = cfg.optimizer.build(policy.get_optim_params())
     scheduler = cfg.scheduler.build(optimizer, cfg.steps) if cfg.scheduler is not None else None
-    check_disk_space(output_dir, checkpoint_bytes(policy))
+    check_disk_space(output_dir, checkpoint_bytes(policy))  # before anything is written
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_partial_checkpoints(output_dir)
+    logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
     step, samples = 0, 0
     if cfg.resume:
         step, samples = ckpt.load_training_state(cfg.checkpoint_path, optimizer, scheduler)

@@ -1,0 +1,103 @@
+"""Real processes, real signals: kill -9 at random moments never breaks `last`, and resuming always completes
+with the weights of an uninterrupted run; SIGTERM saves a checkpoint and exits with the resume command."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.datasets.helpers import record
+from tests.training.test_train_e2e import TINY, assert_same_weights
+
+pytestmark = pytest.mark.slow
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return record(tmp_path_factory.mktemp("data") / "ds", [12, 9, 14])
+
+
+def command(dataset: Path, run: Path) -> list[str]:
+    return [sys.executable, "-m", "robotrain", "train", *TINY["act"], "--dataset.repo_id=test/synthetic",
+            f"--dataset.root={dataset}", "--batch_size=4", "--num_workers=0", f"--steps={STEPS}", "--save_freq=1",
+            "--log_freq=1", f"--output_dir={run}"]
+
+
+def resume_command(run: Path) -> list[str]:
+    return [sys.executable, "-m", "robotrain", "train",
+            f"--config_path={run}/checkpoints/last/pretrained_model", "--resume=true"]
+
+
+def check_last_is_complete(run: Path) -> int:
+    """`last` (if any) names a checkpoint whose every file reads back; returns its step (0 when none yet)."""
+    last = run / "checkpoints" / "last"
+    if not last.exists():
+        assert not last.is_symlink(), "last points at a checkpoint that does not exist"
+        return 0
+    load_file(str(last / "pretrained_model" / "model.safetensors"))
+    json.loads((last / "pretrained_model" / "train_config.json").read_text())
+    load_file(str(last / "training_state" / "optimizer_state.safetensors"))
+    load_file(str(last / "training_state" / "rng_state.safetensors"))
+    return json.loads((last / "training_state" / "training_step.json").read_text())["step"]
+
+
+def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(workdir, dataset):
+    reference = workdir / "reference"
+    subprocess.run(command(dataset, reference), check=True, capture_output=True)
+    run, rng, kills, attempt = workdir / "killed", random.Random(0), 0, 0
+    while True:
+        attempt += 1
+        assert attempt < 30, "the run never finished"
+        if check_last_is_complete(run) == 0:
+            shutil.rmtree(run, ignore_errors=True)  # killed before its first checkpoint: start over, as a user would
+            argv = command(dataset, run)
+        else:
+            argv = resume_command(run)
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if kills < 4:
+            time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; then one checkpoint per step
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = process.communicate(timeout=600)
+        step = check_last_is_complete(run)
+        if process.returncode == 0:
+            assert step == STEPS, err
+            break
+        assert process.returncode == -signal.SIGKILL, err
+    assert kills >= 2
+    assert_same_weights(load_file(str(run / "checkpoints/last/pretrained_model/model.safetensors")),
+                        load_file(str(reference / "checkpoints/last/pretrained_model/model.safetensors")))
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # leftovers of killed saves were cleaned up
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(workdir, dataset):
+    run = workdir / "run"
+    process = subprocess.Popen(command(dataset, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:  # wait until training is under way
+        lines.append(line)
+        if line.startswith("step:2 "):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, rest = process.communicate(timeout=300)
+    assert process.returncode == 130, "".join(lines) + rest
+    step = check_last_is_complete(run)
+    assert 2 <= step < STEPS
+    assert f"stopped by SIGTERM at step {step}" in rest
+    assert f"--config_path={run}/checkpoints/last/pretrained_model --resume=true" in rest
+    finished = subprocess.run(resume_command(run), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert check_last_is_complete(run) == STEPS
+    assert os.readlink(run / "checkpoints" / "last") == f"{STEPS:06d}"
