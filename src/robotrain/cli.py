@@ -151,7 +151,8 @@ def _dataset_record_sim(argv: list[str]) -> int:
         print("robotrain dataset record-sim: interrupted; the episodes saved so far are kept. Run the same command "
               "again to continue", file=sys.stderr)
         return 130  # the shell's code for Ctrl-C
-    failed = f"; the expert failed seed(s) {', '.join(map(str, report.failed_seeds))}" if report.failed_seeds else ""
+    shown = ", ".join(map(str, report.failed_seeds[:10])) + (", ..." if len(report.failed_seeds) > 10 else "")
+    failed = f"; the expert failed {len(report.failed_seeds)} seed(s): {shown}" if report.failed_seeds else ""
     print(f"recorded {report.new_episodes} new episode(s) from {report.attempts} seed(s) in {report.seconds:.1f} s"
           f"{failed}\n{report.root} holds {report.episodes} episodes ({report.frames} frames)")
     if not report.complete:

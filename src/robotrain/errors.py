@@ -22,6 +22,10 @@ class ConfigError(UserError):
             message += f". Fix: {fix}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its parts, so it survives pickling between processes (e.g. from an expert's worker).
+        return (type(self), (self.field, self.value, self.problem, self.fix))
+
 
 def format_value(value: Any) -> str:
     """Render a value the way a user would type it on the command line."""

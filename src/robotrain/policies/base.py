@@ -97,7 +97,9 @@ class Policy(nn.Module):
         if config.type != policy_cls.name:
             raise UserError(f"{path_or_repo} holds a '{config.type}' policy, not '{policy_cls.name}'. "
                             f"Fix: load it with {get_policy_class(config.type).__name__} or Policy.from_pretrained")
-        policy = policy_cls(config)
+        from robotrain.policies.factory import build_without_backbone_download
+
+        policy = build_without_backbone_download(policy_cls, config)
         load_weights(policy, weights, strict=strict)
         return policy.to(device).eval()
 

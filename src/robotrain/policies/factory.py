@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from robotrain.configs.policies import PolicyConfig
 from robotrain.configs.types import FeatureType, PolicyFeature
 from robotrain.devices import resolve_device
 from robotrain.errors import UserError
+from robotrain.policies.base import locate_pretrained
 
 if TYPE_CHECKING:
     from robotrain.datasets.metadata import LeRobotDatasetMetadata
@@ -103,9 +105,12 @@ def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None
     cfg.validate()
 
     policy_cls = get_policy_class(cfg.type)
-    policy = policy_cls(cfg)
     if pretrained:
+        locate_pretrained(cfg.pretrained_path)  # a missing file is reported before any model is built
+        policy = build_without_backbone_download(policy_cls, cfg)
         _load_pretrained_weights(policy, Path(cfg.pretrained_path), adapt_features)
+    else:
+        policy = policy_cls(cfg)
     stats = dataset_stats if dataset_stats is not None else (ds_meta.stats if ds_meta is not None else None)
     if stats is not None and (use_dataset_stats or not pretrained):
         policy.load_stats(stats)
@@ -113,6 +118,16 @@ def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None
         raise UserError(f"a new {cfg.type} policy needs dataset statistics to normalize its inputs. Fix: build it "
                         "from a dataset, or evaluate a trained policy with --policy.path")
     return policy.to(cfg.device)
+
+
+def build_without_backbone_download(policy_cls: type[Policy], cfg: PolicyConfig) -> Policy:
+    """Build a policy whose weights come from a checkpoint: ImageNet backbone weights would be overwritten at once,
+    so they are not fetched (which also keeps loading a checkpoint offline-safe). The config keeps its value."""
+    if getattr(cfg, "pretrained_backbone_weights", None) is None:
+        return policy_cls(cfg)
+    policy = policy_cls(dataclasses.replace(cfg, pretrained_backbone_weights=None))
+    policy.config = cfg
+    return policy
 
 
 def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool) -> None:
