@@ -55,12 +55,6 @@ def _setup_logging() -> None:
     root.propagate = False
 
 
-def _not_yet_available(command: str, what: str) -> int:
-    print(f"robotrain {command}: {what} is not yet available in this version of robotrain; "
-          "nothing was run or written.", file=sys.stderr)
-    return EXIT_FAILED
-
-
 def cmd_train(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_train_config
     from robotrain.training.train import TrainingDiverged, train
@@ -185,7 +179,27 @@ def cmd_dataset(argv: list[str]) -> int:
 
 
 def cmd_demo(argv: list[str]) -> int:
-    return _not_yet_available("demo", "the demo (record, train, evaluate)")
+    from robotrain.configs.parser import parse_command
+    from robotrain.demo import DemoConfig, run_demo
+
+    result = run_demo(parse_command(DemoConfig, argv, "demo"))
+    if result["stopped_by"] is not None:
+        print(f"demo stopped by {result['stopped_by']}; run it again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    aggregated = result["eval"]
+    print(f"""
+demo done:
+  demonstrations  {result['dataset']} ({result['recorded']} recorded now)
+  checkpoint      {result['checkpoint']}
+  plots           {result['plots']}
+  evaluation      {result['eval_dir']}/eval_info.json: success {aggregated['pc_success']:.0f}%, \
+avg max reward {aggregated['avg_max_reward']:.2f}
+  videos          {result['eval_dir']}/videos ({len(result['videos'])})
+each step on its own:
+  {result['commands']['record']}
+  {result['commands']['train']}
+  {result['commands']['eval']}""")
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

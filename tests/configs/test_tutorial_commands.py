@@ -92,7 +92,7 @@ def test_resume(workdir):
     assert cfg.resume and cfg.steps == 200_000
     assert cfg.checkpoint_path == checkpoint.resolve()
     assert cfg.policy.pretrained_path == checkpoint.resolve() / "pretrained_model"
-    assert cfg.output_dir == run, "a resumed run keeps writing into its own directory"
+    assert cfg.output_dir == run.resolve(), "a resumed run keeps writing into its own directory"
     assert cfg.dataset.repo_id == "lerobot/aloha_sim_transfer_cube_human"
 
 
