@@ -1,7 +1,15 @@
-"""Diffusion Policy (Chi et al., 2023, arXiv:2303.04137). Defaults as LeRobot's published diffusion_pusht."""
+"""Diffusion Policy (Chi et al., 2023, arXiv:2303.04137). Defaults as LeRobot's published diffusion_pusht.
+
+Cropping rule (the published 84x84 crop was chosen for PushT's 96x96 frames):
+  - crop_shape set by the user (or by a config file): used as is, in pixels of the (resized) frame.
+  - crop_ratio set instead: each side is cropped to that fraction, e.g. 0.9 of 240x320 -> 216x288.
+  - neither set: 7/8 of each side, which is the published 84x84 on 96x96 frames and 420x560 on ALOHA's 480x640.
+The crop used is written back into crop_shape when the policy is built, so config.json records it.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import (
@@ -12,10 +20,18 @@ from robotrain.configs.policies import (
     check_positive,
     check_resnet,
 )
-from robotrain.configs.types import NormalizationMode
+from robotrain.configs.types import FeatureType, NormalizationMode
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamConfig
 from robotrain.optim.schedulers import DiffuserSchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+# The default crop_shape object. Compared by identity: a value the user typed (even (84, 84)) is a different
+# object, so "left at its default" can be told apart from "set to 84x84" (dataclass defaults are shared as is).
+DEFAULT_CROP_SHAPE = (84, 84)
+DEFAULT_CROP_FRACTION = 7 / 8  # 84 / 96: the published crop relative to PushT's frames
+ENV_KEY = "observation.environment_state"
 
 
 @PolicyConfig.register_subclass("diffusion")
@@ -39,8 +55,13 @@ class DiffusionConfig(PolicyConfig):
     """Frames at the end of each episode never used as a sample start (horizon - n_action_steps - n_obs_steps + 1)."""
     vision_backbone: str = "resnet18"
     """Image encoder: resnet18, resnet34 or resnet50."""
-    crop_shape: tuple[int, int] | None = (84, 84)
-    """Crop (height, width) of camera frames; random in training, centered in eval. null: no crop."""
+    resize_shape: tuple[int, int] | None = None
+    """Resize camera frames to (height, width) before cropping; null: keep their size."""
+    crop_shape: tuple[int, int] | None = DEFAULT_CROP_SHAPE
+    """Crop (height, width) of the (resized) frames; random in training, centered in eval; null: no crop. Unset, it is
+    7/8 of each side (84x84 for 96x96 frames, 420x560 for 480x640) unless crop_ratio is given."""
+    crop_ratio: float | None = None
+    """Crop each side to this fraction of the (resized) frame instead of a fixed crop_shape (1.0: no crop)."""
     crop_is_random: bool = True
     """Random crops in training (center crops when false)."""
     pretrained_backbone_weights: str | None = None
@@ -81,6 +102,12 @@ class DiffusionConfig(PolicyConfig):
     """Denoising steps at inference; null means num_train_timesteps."""
     do_mask_loss_for_padding: bool = False
     """Leave padded actions (past the episode end) out of the loss."""
+    use_ema: bool = False
+    """Keep an exponential moving average of the weights (saved with them) and act with it, as the paper does."""
+    ema_power: float = 0.75
+    """EMA warmup: decay = 1 - (1 + step) ** -ema_power (the paper's EMAModel)."""
+    ema_max_decay: float = 0.9999
+    """Upper bound of the EMA decay."""
     optimizer_lr: float = 1e-4
     """Preset learning rate."""
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
@@ -128,10 +155,67 @@ class DiffusionConfig(PolicyConfig):
                               f"must not exceed horizon - n_obs_steps + 1 ({usable})",
                               f"set --policy.n_action_steps to at most {usable}, or raise --policy.horizon")
         if self.num_inference_steps is not None:
+            check_positive(num_inference_steps=self.num_inference_steps)
             check_at_most("num_inference_steps", self.num_inference_steps, "num_train_timesteps",
                           self.num_train_timesteps)
-        if self.crop_shape is not None and min(self.crop_shape) < 1:
-            raise ConfigError("crop_shape", list(self.crop_shape), "must be positive", "e.g. [84,84], or null")
+        for name in ("resize_shape", "crop_shape"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or min(value) < 1):
+                raise ConfigError(name, list(value), "must be two positive sizes (height, width)",
+                                  "e.g. [84,84], or null")
+        if self.crop_ratio is not None and not 0 < self.crop_ratio <= 1:
+            raise ConfigError("crop_ratio", self.crop_ratio, "must be in (0, 1]", "e.g. 0.9, or null")
+        if not 0 <= self.ema_max_decay < 1 or self.ema_power <= 0:
+            raise ConfigError("ema_max_decay" if self.ema_power > 0 else "ema_power",
+                              self.ema_max_decay if self.ema_power > 0 else self.ema_power,
+                              "needs 0 <= ema_max_decay < 1 and ema_power > 0", "keep 0.9999 and 0.75 (the paper's)")
         check_group_norm(self.use_group_norm, self.pretrained_backbone_weights)
         if self.drop_n_last_frames < 0:
             raise ConfigError("drop_n_last_frames", self.drop_n_last_frames, "cannot be negative", "use 0 or more")
+
+    def validate_features(self) -> None:
+        """Check the inputs can feed the model and settle the crop for the cameras' size (at policy build)."""
+        if not self.image_features and ENV_KEY not in self.input_features:
+            raise ConfigError("policy.input_features", sorted(self.input_features),
+                              f"Diffusion Policy needs at least one camera or {ENV_KEY} among its inputs",
+                              "use a dataset with images or an environment state")
+        action = self.output_features.get("action")
+        if action is None or len(action.shape) != 1:
+            raise ConfigError("policy.output_features", sorted(self.output_features),
+                              "Diffusion Policy predicts a 1-D 'action' feature, which is missing",
+                              "train on a dataset with an 'action' column")
+        unused = [k for k, f in self.input_features.items()
+                  if f.type in (FeatureType.STATE, FeatureType.ENV) and k not in ("observation.state", ENV_KEY)]
+        if unused:  # as LeRobot: other state vectors (e.g. observation.effort) are not model inputs
+            logger.info("Diffusion Policy does not use %s", ", ".join(unused))
+        if not self.image_features:
+            return
+        sizes = {key: tuple(f.shape[1:]) for key, f in self.image_features.items()}
+        for key, feature in self.image_features.items():
+            if len(feature.shape) != 3 or feature.shape[0] != 3:
+                raise ConfigError("policy.input_features", f"{key}: {list(feature.shape)}",
+                                  "Diffusion Policy's ResNet takes RGB images shaped (3, H, W)",
+                                  "use 3-channel cameras or drop this camera from the inputs")
+        if self.resize_shape is None and len(set(sizes.values())) > 1:
+            raise ConfigError("resize_shape", None, f"is needed: the cameras differ in size ({sizes})",
+                              "set --policy.resize_shape=[H,W] to bring them to one size")
+        self._settle_crop(tuple(self.resize_shape) if self.resize_shape else next(iter(sizes.values())))
+
+    def _settle_crop(self, frame: tuple[int, int]) -> None:
+        """Apply the cropping rule of the module docstring for frames of size `frame` (after any resize)."""
+        from_ratio = None if self.crop_ratio is None else tuple(int(s * self.crop_ratio) for s in frame)
+        if self.crop_shape is DEFAULT_CROP_SHAPE:
+            crop = from_ratio or tuple(int(s * DEFAULT_CROP_FRACTION) for s in frame)
+            crop = None if crop == frame else crop
+            if crop != DEFAULT_CROP_SHAPE:
+                how = f"crop_ratio={self.crop_ratio}" if from_ratio else "7/8 of each side"
+                logger.info("crop_shape not set: cropping %s frames to %s (%s)", frame, crop, how)
+            self.crop_shape = crop
+            return
+        crop = None if self.crop_shape is None else tuple(self.crop_shape)
+        if from_ratio is not None and self.crop_ratio != 1.0 and crop != from_ratio:
+            raise ConfigError("crop_ratio", self.crop_ratio, f"asks for a {from_ratio} crop but crop_shape is "
+                              f"{list(crop) if crop else None}", "set only one of crop_shape and crop_ratio")
+        if crop is not None and (crop[0] > frame[0] or crop[1] > frame[1]):
+            raise ConfigError("crop_shape", list(crop), f"does not fit in the {frame[0]}x{frame[1]} camera frames",
+                              f"use a crop of at most {list(frame)}, set crop_ratio instead, or null")
