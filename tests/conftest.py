@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# Tests run tiny models, where a second intra-op thread mostly waits for the first (and, on a busy 2-core machine,
+# made some tests 100x slower). Benchmarks and the training subprocesses keep torch's default.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import PolicyConfig, check_at_most, check_choice, check_positive, check_resnet
-from robotrain.configs.types import NormalizationMode
+from robotrain.configs.types import FeatureType, NormalizationMode
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamWConfig
 
@@ -78,7 +78,8 @@ class ACTConfig(PolicyConfig):
         check_resnet(self, self.vision_backbone)
         check_positive(chunk_size=self.chunk_size, n_action_steps=self.n_action_steps, dim_model=self.dim_model,
                        n_heads=self.n_heads, latent_dim=self.latent_dim, n_encoder_layers=self.n_encoder_layers,
-                       n_decoder_layers=self.n_decoder_layers)
+                       n_decoder_layers=self.n_decoder_layers, n_vae_encoder_layers=self.n_vae_encoder_layers,
+                       dim_feedforward=self.dim_feedforward)
         if self.n_obs_steps != 1:
             raise ConfigError("n_obs_steps", self.n_obs_steps, "ACT sees one observation step only",
                               "use --policy.n_obs_steps=1")
@@ -91,6 +92,30 @@ class ACTConfig(PolicyConfig):
         if self.dim_model % self.n_heads:
             raise ConfigError("n_heads", self.n_heads, f"must divide dim_model ({self.dim_model})",
                               "e.g. --policy.n_heads=8 with --policy.dim_model=512")
+        if self.dim_model % 2:
+            raise ConfigError("dim_model", self.dim_model, "must be even (the 2-D position embedding splits it in "
+                              "two)", "e.g. --policy.dim_model=512")
         check_choice("feedforward_activation", self.feedforward_activation, ("relu", "gelu", "glu"))
+        if self.feedforward_activation == "glu" and self.dim_feedforward % 2:
+            raise ConfigError("dim_feedforward", self.dim_feedforward, "must be even with glu (it halves the width)",
+                              "e.g. --policy.dim_feedforward=3200")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", self.dropout, "must be in [0, 1)", "e.g. --policy.dropout=0.1")
+
+    def validate_features(self) -> None:
+        """ACT needs an action vector and at least one camera or an environment state to look at."""
+        action = self.output_features.get("action")
+        if action is None or action.type is not FeatureType.ACTION or len(action.shape) != 1:
+            raise ConfigError("policy.output_features", sorted(self.output_features),
+                              "ACT predicts a 1-D 'action' feature, which is missing",
+                              "train on a dataset with an 'action' column")
+        if not self.image_features and "observation.environment_state" not in self.input_features:
+            raise ConfigError("policy.input_features", sorted(self.input_features),
+                              "ACT needs at least one camera (observation.image[s]...) or "
+                              "observation.environment_state among its inputs",
+                              "use a dataset with images or an environment state")
+        for key, feature in self.image_features.items():
+            if len(feature.shape) != 3 or feature.shape[0] != 3:
+                raise ConfigError("policy.input_features", f"{key}: {list(feature.shape)}",
+                                  "ACT's ResNet takes RGB images shaped (3, H, W)",
+                                  "use 3-channel cameras or drop this camera from the inputs")
