@@ -44,6 +44,17 @@ class OptimizerConfig(draccus.ChoiceRegistry):
             raise ConfigError("weight_decay", self.weight_decay, "cannot be negative", "use 0 or more")
 
 
+def can_fuse(params: list[Any]) -> bool:
+    """Fused Adam/AdamW (one kernel for all tensors) when every parameter is a float tensor on CUDA.
+
+    Not on CPU: there it took ACT's optimizer step from 314 to 94 ms, but its vectorized loops round differently
+    depending on where a tensor starts in memory, so a resumed run (tensors loaded elsewhere) drifted from an
+    uninterrupted one in the last bits, and exact resume matters more (tests/training/test_train_e2e.py).
+    """
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(t.is_floating_point() and t.device.type == "cuda" for t in tensors)
+
+
 def _check_betas(betas: tuple[float, float]) -> None:
     if not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError("betas", list(betas), "each beta must be in [0, 1)", "e.g. --optimizer.betas=[0.9,0.999]")
@@ -62,7 +73,9 @@ class AdamConfig(OptimizerConfig):
     def build(self, params: Iterable[Any]) -> torch.optim.Optimizer:
         import torch
 
-        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+        params = list(params)
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                                fused=can_fuse(params))
 
     def validate(self) -> None:
         super().validate()
@@ -84,7 +97,9 @@ class AdamWConfig(OptimizerConfig):
     def build(self, params: Iterable[Any]) -> torch.optim.Optimizer:
         import torch
 
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay)
+        params = list(params)
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                                 fused=can_fuse(params))
 
     def validate(self) -> None:
         super().validate()

@@ -23,6 +23,7 @@ from robotrain.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 FIELD = "pretrained_backbone_weights"
+FLAG = f"policy.{FIELD}"  # errors are raised while the model is built, outside the parser's flag prefixing
 # torchvision weight enum -> (the file torchvision caches in $TORCH_HOME/hub/checkpoints, a timm repo with them)
 KNOWN_WEIGHTS = {
     "ResNet18_Weights.IMAGENET1K_V1": ("resnet18-f37072fd.pth", "timm/resnet18.tv_in1k"),
@@ -181,7 +182,7 @@ def load_resnet_weights(model: ResNet, spec: str) -> None:
     wrong_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong_shape:
         example = (missing or unexpected or wrong_shape)[0]
-        raise ConfigError(FIELD, spec, f"does not hold {model.name} weights (first mismatch: {example})",
+        raise ConfigError(FLAG, spec, f"does not hold {model.name} weights (first mismatch: {example})",
                           f"use weights of a {model.name}, or set --policy.vision_backbone to match them")
     model.load_state_dict(state, strict=False)
     logger.info("loaded %s weights from %s", model.name, spec)
@@ -199,7 +200,7 @@ def _locate_weights(spec: str) -> Path:
         return _from_hub(hub_repo, spec, f"or place torchvision's {filename} in {cached.parent}")
     if "/" in spec and not path.suffix:
         return _from_hub(spec, spec, "")
-    raise ConfigError(FIELD, spec, "is neither a file, a known torchvision weights name nor a Hub repo id",
+    raise ConfigError(FLAG, spec, "is neither a file, a known torchvision weights name nor a Hub repo id",
                       f"use one of {', '.join(KNOWN_WEIGHTS)}, a .safetensors/.pth file, a Hub repo, or null")
 
 
@@ -209,7 +210,7 @@ def _from_hub(repo_id: str, spec: str, extra_fix: str) -> Path:
     try:
         return fetch_hub_file(repo_id, "model.safetensors", f"policy.{FIELD}")
     except ConfigError as exc:
-        raise ConfigError(FIELD, spec, f"needs weights from the Hub repo {repo_id}, which failed: {exc.problem}",
+        raise ConfigError(FLAG, spec, f"needs weights from the Hub repo {repo_id}, which failed: {exc.problem}",
                           f"download them once while online, pass a local file {extra_fix}, "
                           f"or train from scratch with --policy.{FIELD}=null".replace("  ", " ")) from None
 
@@ -222,11 +223,11 @@ def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or foreign file: say which and why
-        raise ConfigError(FIELD, spec, f"could not be read as weights ({type(exc).__name__}: {exc})",
+        raise ConfigError(FLAG, spec, f"could not be read as weights ({type(exc).__name__}: {exc})",
                           "pass a .safetensors file or a torch state dict") from None
     for key in ("state_dict", "model"):  # training checkpoints often wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ConfigError(FIELD, spec, "does not hold a state dict", "pass a .safetensors file or a torch state dict")
+        raise ConfigError(FLAG, spec, "does not hold a state dict", "pass a .safetensors file or a torch state dict")
     return state
