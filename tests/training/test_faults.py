@@ -52,6 +52,23 @@ def check_last_is_complete(run: Path) -> int:
     return json.loads((last / "training_state" / "training_step.json").read_text())["step"]
 
 
+def wait_for_checkpoint_activity(run: Path, process: subprocess.Popen, mid_checkpoint: bool) -> bool:
+    """Block until a checkpoint is being written (mid_checkpoint) or one more has completed; False if the run ends.
+
+    Killing on these events rather than after a fixed delay hits the moments that matter on a fast or a slow machine.
+    """
+    root = run / "checkpoints"
+    complete = lambda: len([p for p in root.glob("0*") if p.is_dir()]) if root.is_dir() else 0  # noqa: E731
+    start = complete()
+    while process.poll() is None:
+        if mid_checkpoint and root.is_dir() and any(root.glob(".tmp-0*")):
+            return True
+        if not mid_checkpoint and complete() > start:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(workdir, dataset):
     reference = workdir / "reference"
     subprocess.run(command(dataset, reference), check=True, capture_output=True)
@@ -65,8 +82,8 @@ def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(workdir, dat
         else:
             argv = resume_command(run)
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills < 4:
-            time.sleep(rng.uniform(4.0, 9.0))  # start-up takes a few seconds; then one checkpoint per step
+        if kills < 4 and wait_for_checkpoint_activity(run, process, mid_checkpoint=rng.random() < 0.5):
+            time.sleep(rng.uniform(0.0, 0.05))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
