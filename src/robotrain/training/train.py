@@ -11,7 +11,8 @@ import json
 import logging
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,13 +229,18 @@ class _numpy_python_rng_kept:  # noqa: N801 (used as a context manager)
         np.random.set_state(self._state[1])
 
 
-def _progress(total: int, initial: int) -> Any:
+@contextmanager
+def _progress(total: int, initial: int) -> Iterator[Any]:
+    """A progress bar on a terminal; log lines are printed above it instead of through it."""
     import sys
 
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return tqdm(total=total, initial=initial, desc="Training", unit="step", dynamic_ncols=True,
-                disable=not sys.stderr.isatty(), leave=False)
+    with tqdm(total=total, initial=initial, desc="Training", unit="step", dynamic_ncols=True,
+              disable=not sys.stderr.isatty(), leave=False) as bar, \
+            logging_redirect_tqdm(loggers=[logging.getLogger("robotrain")]):
+        yield bar
 
 
 def _log_banner(cfg: TrainConfig, dataset: Any, policy: torch.nn.Module, device: torch.device) -> None:
