@@ -85,6 +85,10 @@ def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None
     available = dataset_to_policy_features(ds_meta.features) if ds_meta is not None else dict(env_cfg.features)
     source = f"dataset {ds_meta.repo_id}" if ds_meta is not None else f"env {env_cfg.type}"
     pretrained = cfg.pretrained_path is not None
+    if pretrained and env_cfg is not None and cfg.input_features:
+        from robotrain.envs.factory import check_policy_features
+
+        check_policy_features(env_cfg, cfg.input_features)  # its message names the --env.obs_type that fits
     if pretrained and (cfg.input_features or cfg.output_features):
         problems = features_mismatch({**cfg.input_features, **cfg.output_features}, available)
         if problems and not adapt_features:
