@@ -79,3 +79,15 @@ def test_eval_refuses_a_policy_the_env_cannot_feed(workdir, pusht_shaped, capsys
     err = capsys.readouterr().err
     assert "observation.image" in err and "robotrain eval: error:" in err
     assert not (workdir / "eval").exists()
+
+
+def test_evaluating_during_training_leaves_training_unchanged(workdir, pusht_shaped):
+    from tests.training.test_train_e2e import assert_same_weights, weights
+
+    # Diffusion samples noise from torch's RNG when it acts, so an unguarded evaluation would shift training.
+    common = ["train", *TINY["diffusion"], "--dataset.repo_id=test/pusht_like", f"--dataset.root={pusht_shaped}",
+              "--steps=4", "--batch_size=2", "--num_workers=0"]
+    assert main([*common, f"--output_dir={workdir / 'plain'}"]) == 0
+    assert main([*common, "--env.type=pusht", "--env.episode_length=5", "--eval_freq=2", "--eval.n_episodes=1",
+                 "--eval.use_async_envs=false", f"--output_dir={workdir / 'evaluated'}"]) == 0
+    assert_same_weights(weights(workdir / "evaluated"), weights(workdir / "plain"))

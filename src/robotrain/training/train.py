@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -161,12 +162,12 @@ def update_policy(policy: torch.nn.Module, batch: dict[str, Any], optimizer: tor
     with amp:
         loss, outputs = policy(batch)
     loss_value = loss.item()
-    if not torch.isfinite(loss).item():
+    if not math.isfinite(loss_value):
         raise TrainingDiverged(f"the loss became {loss_value}")
     loss.backward()
     max_norm = grad_clip_norm if grad_clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm).item()
-    if not torch.isfinite(torch.tensor(grad_norm)):
+    if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise TrainingDiverged(f"the gradient norm became {grad_norm}")
     optimizer.step()
@@ -202,31 +203,15 @@ def make_evaluator(cfg: TrainConfig, policy: torch.nn.Module, output_dir: Path) 
 
     def evaluate(step: int) -> dict[str, float]:
         videos = output_dir / "eval" / f"videos_step_{ckpt.step_id(step, cfg.steps)}"
-        with torch.random.fork_rng(devices=[]), _numpy_python_rng_kept():
+        rng = ckpt.rng_state()  # evaluation draws random numbers too: training's stream must not notice
+        try:
             info = evaluator.run(policy, videos_dir=videos, max_videos=4)
+        finally:
+            ckpt.set_rng_state(rng)
         policy.train()
         return info["aggregated"]
 
     return evaluate
-
-
-class _numpy_python_rng_kept:  # noqa: N801 (used as a context manager)
-    """Evaluation draws from NumPy's and Python's RNG too: restore them so training randomness is unchanged."""
-
-    def __enter__(self) -> None:
-        import random
-
-        import numpy as np
-
-        self._state = (random.getstate(), np.random.get_state())
-
-    def __exit__(self, *exc: Any) -> None:
-        import random
-
-        import numpy as np
-
-        random.setstate(self._state[0])
-        np.random.set_state(self._state[1])
 
 
 @contextmanager
