@@ -66,9 +66,11 @@ class LeRobotDataset(torch.utils.data.Dataset):
                  delta_timestamps: dict[str, list[float]] | None = None,
                  image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  video_backend: str | None = None, tolerance_s: float = DEFAULT_TOLERANCE_S,
-                 revision: str | None = None, return_uint8: bool = False, frame_cache: str = "off"):
+                 revision: str | None = None, return_uint8: bool = False, frame_cache: str = "off",
+                 meta: LeRobotDatasetMetadata | None = None):
         self.repo_id = repo_id
-        self.meta = LeRobotDatasetMetadata(repo_id, root, revision, episodes)
+        # `meta` lets a caller that already read the metadata (e.g. for fps) pass it instead of reading it again.
+        self.meta = meta if meta is not None else LeRobotDatasetMetadata(repo_id, root, revision, episodes)
         self.root = self.meta.root
         self.episodes = self._check_episodes(episodes)
         self.image_transforms = image_transforms

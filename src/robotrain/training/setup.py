@@ -59,7 +59,7 @@ def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
     return LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
                           delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
                           revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend, return_uint8=True,
-                          frame_cache="auto")
+                          frame_cache="auto", meta=meta)
 
 
 def dataset_stats(cfg: TrainConfig, dataset: LeRobotDataset) -> dict[str, dict[str, Any]]:
