@@ -67,6 +67,33 @@ def test_optimizer_state_round_trip_is_exact(tmp_path):
     assert json.loads((tmp_path / ckpt.OPTIMIZER_PARAM_GROUPS).read_text())["param_groups"][0]["lr"] == 0.1
 
 
+def test_fused_adam_resumes_exactly_on_channels_last_weights(tmp_path):
+    """The file holds state contiguous; loading must give it the weight's layout, or fused Adam pairs wrong elements."""
+    def train(model, optimizer, steps, seed):
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            model(torch.randn(2, 3, 8, 8, generator=generator).contiguous(memory_format=torch.channels_last)).square(
+            ).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 5, 3).to(memory_format=torch.channels_last)
+        return model, torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+
+    uninterrupted, optimizer = build()
+    train(uninterrupted, optimizer, 2, seed=1)
+    ckpt.save_optimizer_state(optimizer, tmp_path)
+    weights = {k: v.clone() for k, v in uninterrupted.state_dict().items()}
+    train(uninterrupted, optimizer, 2, seed=2)
+    resumed, fresh = build()
+    resumed.load_state_dict(weights)
+    ckpt.load_optimizer_state(fresh, tmp_path)
+    train(resumed, fresh, 2, seed=2)
+    assert torch.equal(resumed.weight, uninterrupted.weight) and torch.equal(resumed.bias, uninterrupted.bias)
+
+
 def test_step_ids_and_partial_checkpoint_cleanup(tmp_path):
     assert ckpt.step_id(100, 5000) == "000100" and ckpt.step_id(7, 12_345_678) == "00000007"
     root = tmp_path / "checkpoints"

@@ -131,6 +131,19 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> N
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+    _match_parameter_layouts(optimizer)
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor its parameter's memory layout (files hold them contiguous).
+
+    Fused Adam/AdamW walk a parameter and its state as flat memory, so a channels-last convolution weight next to
+    a contiguous `exp_avg` would pair the wrong elements and a resumed run would drift from an uninterrupted one.
+    """
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                entries[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 # ---- random number generators -----------------------------------------------------------------------------
