@@ -21,6 +21,7 @@ DATASET_COMMANDS = {
     "visualize": "render an episode's cameras with state and action curves",
     "convert": "convert a v2.1 dataset to v3.0",
     "record-sim": "record scripted-expert demonstrations in simulation as a dataset",
+    "cache": "list the frame caches (size, dataset, stale or current) or delete them with --clear",
 }
 USAGE = f"""usage: robotrain <command> [--flag=value ...]
 
@@ -159,9 +160,17 @@ def _dataset_record_sim(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def _dataset_cache(argv: list[str]) -> int:
+    from robotrain.configs.parser import parse_command
+    from robotrain.datasets.frame_cache_store import CacheConfig, manage_caches
+
+    print(manage_caches(parse_command(CacheConfig, argv, "dataset cache")))
+    return EXIT_OK
+
+
 DATASET_TOOLS: dict[str, Callable[[list[str]], int]] = {
     "info": _dataset_info, "validate": _dataset_validate, "visualize": _dataset_visualize,
-    "convert": _dataset_convert, "record-sim": _dataset_record_sim,
+    "convert": _dataset_convert, "record-sim": _dataset_record_sim, "cache": _dataset_cache,
 }
 
 

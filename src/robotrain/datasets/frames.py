@@ -4,12 +4,12 @@ The frame cache holds every frame of a video camera as uint8 in one memory-mappe
 the dataset's global frame `index`. It is keyed by a fingerprint of info.json and the video files (size and
 mtime), so an edited dataset gets a fresh cache, and it covers all episodes, so runs on different episode
 subsets share it. Decoding happens once, sequentially (fast: no seeks), with a progress bar. After that a sample
-costs a memory copy, in any number of DataLoader workers (the OS shares the pages).
+costs a memory copy, in any number of DataLoader workers (the OS shares the pages). frame_cache_store.py keeps the
+folders on disk: locks that tell "in use" from "abandoned", and the removal of caches a dataset outgrew.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from robotrain.datasets.format import INFO_PATH, DatasetError
+from robotrain.datasets.format import DatasetError
+from robotrain.datasets.frame_cache_store import (
+    CacheLock,
+    cache_root,
+    dataset_fingerprint,
+    lock_cache,
+    record_owner,
+    remove_stale_caches,
+)
 from robotrain.datasets.video import DecoderCache
 
 if TYPE_CHECKING:
@@ -36,10 +44,6 @@ class FrameSource(Protocol):
         """Frames of camera `key` at dataset rows `rows` (one episode): (T, H, W, 3) uint8."""
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ROBOTRAIN_CACHE_DIR", "~/.cache/robotrain")).expanduser() / "frames"
-
-
 class DecodingSource:
     """Decode on demand from the mp4 files, keeping recently used files open per process."""
 
@@ -52,21 +56,21 @@ class DecodingSource:
 
 
 class FrameCache:
-    """Every frame of each video camera, decoded once into a memory-mapped uint8 file."""
+    """Every frame of each video camera, decoded once into a memory-mapped uint8 file.
+
+    Once opened it holds a shared lock on its folder until it is garbage-collected (see frame_cache_store.py), so
+    no other process deletes it meanwhile.
+    """
 
     def __init__(self, dataset: LeRobotDataset, directory: Path):
         self.dataset, self.directory = dataset, directory
         self._arrays: dict[str, np.memmap] = {}
         self._pid = os.getpid()
+        self._lock: CacheLock | None = None
 
-    @staticmethod
-    def fingerprint(dataset: LeRobotDataset) -> str:
-        """Changes whenever info.json or any video file changes."""
-        digest = hashlib.sha256((dataset.root / INFO_PATH).read_bytes())
-        for path in sorted((dataset.root / "videos").rglob("*.mp4")):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(dataset.root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:20]
+    def __getstate__(self) -> dict:
+        # A spawned DataLoader worker maps the files itself, and the parent's lock covers its reads.
+        return {**self.__dict__, "_arrays": {}, "_lock": None}
 
     @staticmethod
     def nbytes(dataset: LeRobotDataset) -> int:
@@ -79,12 +83,37 @@ class FrameCache:
     def is_complete(self) -> bool:
         return all((self.directory / f"{key}.json").is_file() for key in self.dataset.meta.video_keys)
 
+    def open_if_complete(self) -> bool:
+        """Hold the cache for reading when it is complete (True); else leave it unlocked (False)."""
+        lock = lock_cache(self.directory, exclusive=False)
+        if not self.is_complete():
+            lock.release()
+            return False
+        self._lock = lock
+        self._record_owner()  # adopts a cache built before owners were recorded, or shared with a copy
+        return True
+
+    def _record_owner(self) -> None:
+        record_owner(self.directory, self.dataset.repo_id, self.dataset.root, self.dataset.meta.video_keys)
+
     def build(self) -> None:
-        """Decode every frame of every video camera into the cache (skips cameras already done)."""
+        """Decode every camera not cached yet, holding the cache exclusively, then open it for reading."""
+        lock = lock_cache(self.directory, exclusive=True)  # a second run building the same cache waits here
+        try:
+            self._record_owner()  # first, so that an interrupted build is still known to be this dataset's
+            self._decode_missing()
+        finally:
+            lock.release()
+        # Between the release and the shared lock a `--clear` could delete the fresh cache; rare enough to ask
+        # the user to start again rather than loop.
+        if not self.open_if_complete():
+            raise DatasetError(f"the frame cache {self.directory} was deleted while it was being opened (by "
+                               "`robotrain dataset cache --clear`?). Fix: run the command again")
+
+    def _decode_missing(self) -> None:
         from tqdm import tqdm
 
         meta = self.dataset.meta
-        self.directory.mkdir(parents=True, exist_ok=True)
         for key in meta.video_keys:
             if (self.directory / f"{key}.json").is_file():
                 continue
@@ -146,15 +175,18 @@ def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
         raise DatasetError(f"frame_cache '{mode}' is not one of {', '.join(FRAME_CACHE_MODES)}")
     if not dataset.meta.video_keys or mode == "off":
         return DecodingSource(dataset)
-    cache = FrameCache(dataset, cache_root() / FrameCache.fingerprint(dataset))
-    if not cache.is_complete():
-        needed, budget = FrameCache.nbytes(dataset), cache_budget(cache.directory)
-        if needed > budget:
-            if mode == "on":
-                raise DatasetError(f"the frame cache needs {needed / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
-                                   "fit (half the free memory and disk). Fix: frame_cache='off' to decode on the fly")
-            logger.info("frame cache (%.1f GiB) exceeds the budget (%.1f GiB): decoding on the fly",
-                        needed / 2**30, budget / 2**30)
-            return DecodingSource(dataset)
-        cache.build()
+    fingerprint = dataset_fingerprint(dataset.root)
+    remove_stale_caches(dataset.root, fingerprint)  # first: the space it frees counts towards the budget
+    cache = FrameCache(dataset, cache_root() / fingerprint)
+    if cache.is_complete() and cache.open_if_complete():  # checked unlocked first: no folder made for nothing
+        return cache
+    needed, budget = FrameCache.nbytes(dataset), cache_budget(cache.directory)
+    if needed > budget:
+        if mode == "on":
+            raise DatasetError(f"the frame cache needs {needed / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
+                               "fit (half the free memory and disk). Fix: frame_cache='off' to decode on the fly")
+        logger.info("frame cache (%.1f GiB) exceeds the budget (%.1f GiB): decoding on the fly",
+                    needed / 2**30, budget / 2**30)
+        return DecodingSource(dataset)
+    cache.build()
     return cache
