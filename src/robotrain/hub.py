@@ -58,3 +58,17 @@ def fetch_hub_file(repo_id: str, filename: str, flag: str, repo_type: str = "mod
     except EntryNotFoundError:
         raise ConfigError(flag, repo_id, f"is a Hub repo without {filename}",
                           f"point at a repo or directory that holds {filename}") from None
+
+
+def fetch_optional_hub_file(repo_id: str, filename: str, repo_type: str = "model",
+                            revision: str | None = None) -> Path | None:
+    """Like fetch_hub_file for a file only some repos have: None when the repo lacks it (offline: the cache does)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    offline = hub_offline_requested() or not hub_reachable()
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                    local_files_only=offline))
+    except EntryNotFoundError:  # LocalEntryNotFoundError is one too: offline, an uncached file may not exist
+        return None

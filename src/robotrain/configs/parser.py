@@ -160,7 +160,8 @@ def locate_train_config(text: str) -> Path:
 
 
 def locate_policy_dir(text: str) -> tuple[Path, Path]:
-    """--policy.path: (the directory to load weights from, its config.json). Hub ids resolve via the cache."""
+    """--policy.path: (the directory to load weights from, its config.json). Hub ids resolve via the cache, which
+    receives every file loading needs (weights, LeRobot processor files), not only config.json."""
     path = Path(text).expanduser()
     if path.is_file() and path.name == POLICY_CONFIG_NAME:
         path = path.parent
@@ -170,8 +171,10 @@ def locate_policy_dir(text: str) -> tuple[Path, Path]:
                               f"point at a checkpoint's {PRETRAINED_MODEL_DIR} directory")
         return path, path / POLICY_CONFIG_NAME
     if _looks_like_repo_id(text):
-        config = fetch_hub_file(text, POLICY_CONFIG_NAME, "policy.path")
-        return config.parent, config
+        from robotrain.policies.base import locate_pretrained  # here: robotrain.policies imports the configs
+
+        directory, _ = locate_pretrained(text)
+        return directory, directory / POLICY_CONFIG_NAME
     raise ConfigError("policy.path", text, "does not exist",
                       f"point at a checkpoint's {PRETRAINED_MODEL_DIR} directory")
 

@@ -105,7 +105,8 @@ class Policy(nn.Module):
 
 
 def locate_pretrained(path_or_repo: str | Path) -> tuple[Path, Path]:
-    """(directory with config.json, its model.safetensors), from a local directory or a Hub repo."""
+    """(directory with config.json, its model.safetensors), from a local directory or a Hub repo (whose LeRobot
+    processor files, if any, are fetched beside them)."""
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -114,9 +115,12 @@ def locate_pretrained(path_or_repo: str | Path) -> tuple[Path, Path]:
                                   "point at a checkpoint's pretrained_model directory")
         return path, path / WEIGHTS_NAME
     from robotrain.hub import fetch_hub_file
+    from robotrain.policies.lerobot_checkpoint import fetch_lerobot_processor_files
 
     config = fetch_hub_file(str(path_or_repo), CONFIG_NAME, "policy.path")
-    return config.parent, fetch_hub_file(str(path_or_repo), WEIGHTS_NAME, "policy.path")
+    weights = fetch_hub_file(str(path_or_repo), WEIGHTS_NAME, "policy.path")
+    fetch_lerobot_processor_files(str(path_or_repo))  # LeRobot 0.4 repos keep their statistics there
+    return config.parent, weights
 
 
 def load_policy_config(path: Path) -> PolicyConfig:
@@ -140,17 +144,27 @@ def apply_overrides(config: PolicyConfig, overrides: Mapping[str, Any]) -> Polic
     return config
 
 
-def load_weights(policy: nn.Module, weights: Path, strict: bool = True) -> None:
-    """Load model.safetensors into `policy`; a mismatch names the first differing tensor."""
+def load_weights(policy: nn.Module, weights: Path, strict: bool = True, need_stats: bool = True) -> None:
+    """Load model.safetensors into `policy`; a mismatch names the first differing tensor.
+
+    A LeRobot checkpoint (no robotrain statistics buffers: LeRobot 0.4 keeps them in processor files beside it,
+    LeRobot <= 0.3 under other names) loads through lerobot_checkpoint.py. need_stats=False says the caller loads
+    other statistics next (fine-tuning on a dataset), so a LeRobot checkpoint saved without statistics loads too.
+    """
     from safetensors.torch import load_model
 
+    from robotrain.policies.lerobot_checkpoint import load_lerobot_checkpoint, needs_lerobot_loader
+
+    if needs_lerobot_loader(policy, weights):
+        load_lerobot_checkpoint(policy, weights, strict=strict, need_stats=need_stats)
+        return
     try:
         missing, unexpected = load_model(policy, str(weights), strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise UserError(f"{weights} does not fit this policy's architecture: {str(exc).splitlines()[-1].strip()}. "
                         "Fix: load it with the config.json saved beside it") from None
     if strict and (missing or unexpected):
-        first = (missing or unexpected)[0]
+        first = sorted(missing or unexpected)[0]  # safetensors returns sets
         raise UserError(f"{weights} does not fit this policy: {len(missing)} missing and {len(unexpected)} unexpected "
                         f"tensors (e.g. {first}). Fix: load it with the config.json saved beside it")
 

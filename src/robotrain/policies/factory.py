@@ -14,6 +14,7 @@ from robotrain.configs.types import FeatureType, PolicyFeature
 from robotrain.devices import resolve_device
 from robotrain.errors import UserError
 from robotrain.policies.base import locate_pretrained
+from robotrain.policies.normalize import Normalizer
 
 if TYPE_CHECKING:
     from robotrain.datasets.metadata import LeRobotDatasetMetadata
@@ -109,14 +110,17 @@ def make_policy(cfg: PolicyConfig, ds_meta: LeRobotDatasetMetadata | None = None
     cfg.validate()
 
     policy_cls = get_policy_class(cfg.type)
+    stats = dataset_stats if dataset_stats is not None else (ds_meta.stats if ds_meta is not None else None)
+    replace_stats = stats is not None and (use_dataset_stats or not pretrained)
     if pretrained:
-        locate_pretrained(cfg.pretrained_path)  # a missing file is reported before any model is built
+        # A missing file is reported before any model is built; a Hub id becomes its directory in the cache.
+        directory, _ = locate_pretrained(cfg.pretrained_path)
         policy = build_without_backbone_download(policy_cls, cfg)
-        _load_pretrained_weights(policy, Path(cfg.pretrained_path), adapt_features)
+        # Statistics about to be replaced need not be in the checkpoint (a LeRobot one may be saved without them).
+        _load_pretrained_weights(policy, directory, adapt_features, need_stats=not replace_stats)
     else:
         policy = policy_cls(cfg)
-    stats = dataset_stats if dataset_stats is not None else (ds_meta.stats if ds_meta is not None else None)
-    if stats is not None and (use_dataset_stats or not pretrained):
+    if replace_stats:
         policy.load_stats(stats)
     elif not pretrained:
         raise UserError(f"a new {cfg.type} policy needs dataset statistics to normalize its inputs. Fix: build it "
@@ -134,19 +138,26 @@ def build_without_backbone_download(policy_cls: type[Policy], cfg: PolicyConfig)
     return policy
 
 
-def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool) -> None:
+def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool, need_stats: bool) -> None:
     from safetensors.torch import load_file
 
     from robotrain.policies.base import WEIGHTS_NAME, load_weights
+    from robotrain.policies.lerobot_checkpoint import map_lerobot_weight_names
 
     if not adapt:
-        load_weights(policy, directory / WEIGHTS_NAME)
+        load_weights(policy, directory / WEIGHTS_NAME, need_stats=need_stats)
         return
     # Keep every tensor whose shape still fits; layers fed by changed features keep their fresh initialization.
-    saved = load_file(str(directory / WEIGHTS_NAME))
+    # A LeRobot checkpoint's names are mapped first, or its Diffusion backbone would not fit by name.
+    saved = map_lerobot_weight_names(load_file(str(directory / WEIGHTS_NAME)))
     own = policy.state_dict()
     fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     policy.load_state_dict(fitting, strict=False)
-    fresh = sorted(set(own) - set(fitting))
+    # Statistics buffers are left out of both reports: fine-tuning replaces them with the dataset's.
+    statistics = tuple(f"{name}." for name, module in policy.named_modules() if isinstance(module, Normalizer))
+    fresh = sorted(k for k in set(own) - set(fitting) if not k.startswith(statistics))
+    unused = sorted(k for k in set(saved) - set(own) if not k.startswith(statistics))
     if fresh:
         logger.warning("re-initialized %d tensor(s) that do not fit the new features, e.g. %s", len(fresh), fresh[0])
+    if unused:
+        logger.warning("ignored %d saved tensor(s) this policy has no place for, e.g. %s", len(unused), unused[0])
