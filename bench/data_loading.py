@@ -4,8 +4,10 @@ Two AV1 datasets (96x96 and 480x640, textured frames so decoding costs what real
 shapes (Diffusion: 2 frames + 2 states + 16 actions; ACT: 1 frame + 100 actions), DataLoader with shuffling,
 batch 8. robotrain runs with the frame cache (built once, timed separately) and without it (on-the-fly decoding).
 Prints samples/s, the ratio to the peer, the cache's disk size and build time, and peak RSS.
+`--existing ROOT` adds datasets already on disk (e.g. one `robotrain dataset record-sim` wrote from a simulator's
+rendered camera), measured the same way; `--sizes` with no value skips the generated ones.
 
-Usage: python bench/data_loading.py [--batches 40] [--workers 0 2] [--sizes 96 480] [--out DIR]
+Usage: python bench/data_loading.py [--batches 40] [--workers 0 2] [--sizes 96 480] [--existing ROOT ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ def write_dataset(root: Path, height: int, width: int, episodes: int, frames: in
         writer.save_episode()
 
 
-def delta_timestamps(policy: str, fps: int) -> dict[str, list[float]]:
+def delta_timestamps(policy: str, fps: int, cameras: list[str]) -> dict[str, list[float]]:
     """The same queries the peer's script makes."""
     if policy == "diffusion":
-        delta = {k: [-1 / fps, 0.0] for k in ("observation.image", "observation.state")}
+        delta = {k: [-1 / fps, 0.0] for k in (*cameras, "observation.state")}
         delta["action"] = [i / fps for i in range(-1, 15)]
         return delta
     return {"action": [i / fps for i in range(100)]}
@@ -95,28 +97,35 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
 
     os.environ["ROBOTRAIN_CACHE_DIR"] = str(work / "cache")
     rows = []
+    datasets = []
     for size in args.sizes:
         height, width, episodes, frames = SHAPES[size]
         root = work / f"data_{size}"
         started = time.perf_counter()
         write_dataset(root, height, width, episodes, frames)
-        write_s = time.perf_counter() - started
+        datasets.append((root, f"generated, written in {time.perf_counter() - started:.0f} s"))
+    datasets += [(root.resolve(), "existing") for root in args.existing]
+    for root, origin in datasets:
+        meta = LeRobotDataset("bench/data", root=root).meta
+        camera = meta.features[meta.camera_keys[0]]["shape"]
+        name = f"{camera[0]}x{camera[1]}" + ("" if origin.startswith("generated") else f" ({root.name})")
         video_mb = sum(p.stat().st_size for p in (root / "videos").rglob("*.mp4")) / 2**20
         started = time.perf_counter()
         LeRobotDataset("bench/data", root=root, frame_cache="on")
         build_s = time.perf_counter() - started
         cache_mb = FrameCache.nbytes(LeRobotDataset("bench/data", root=root)) / 2**20
-        rows.append(f"dataset {height}x{width}: {episodes * frames} frames, videos {video_mb:.1f} MiB, written in "
-                    f"{write_s:.0f} s; frame cache {cache_mb:.0f} MiB on disk, built in {build_s:.1f} s")
+        rows.append(f"dataset {name} ({origin}): {meta.total_frames} frames, {meta.total_episodes} episodes, videos "
+                    f"{video_mb:.1f} MiB ({video_mb * 2**10 / meta.total_frames / len(meta.camera_keys):.1f} KiB per "
+                    f"frame); frame cache {cache_mb:.0f} MiB on disk, built in {build_s:.1f} s")
         for policy in ("diffusion", "act"):
-            delta = delta_timestamps(policy, 10)
+            delta = delta_timestamps(policy, meta.fps, meta.camera_keys)
             for workers in args.workers:
                 peer = peer_samples_per_s(root, policy, workers, args.batches)
                 cached = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="on"),
                                  workers, args.batches)
                 decoded = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off"),
                                   workers, args.batches)
-                rows.append(f"| {height}x{width} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | "
+                rows.append(f"| {name} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | "
                             f"{cached / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x |")
                 print(rows[-1], flush=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -128,7 +137,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 480], choices=sorted(SHAPES))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[96, 480], choices=sorted(SHAPES))
+    parser.add_argument("--existing", type=Path, nargs="*", default=[], help="datasets on disk to measure too")
     parser.add_argument("--out", type=Path, default=None, help="keep the datasets here instead of a temp dir")
     args = parser.parse_args()
     ensure_peer()
