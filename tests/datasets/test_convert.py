@@ -211,14 +211,14 @@ def test_root_must_exist(tmp_path):
 def test_interrupted_conversion_leaves_no_output(v21_root, tmp_path, monkeypatch):
     calls = []
 
-    def failing_append(src, dst):
+    def failing_append(self, src):
         calls.append(src)
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C halfway
-        return real_append(src, dst)
+        return real_append(self, src)
 
-    real_append = convert.append_video
-    monkeypatch.setattr(convert, "append_video", failing_append)
+    real_append = convert.VideoConcatenator.append
+    monkeypatch.setattr(convert.VideoConcatenator, "append", failing_append)
     with pytest.raises(KeyboardInterrupt):
         convert_dataset(ConvertConfig(root=v21_root, output_root=tmp_path / "v3"))
     assert len(calls) == 2

@@ -17,14 +17,20 @@ import torch
 from robotrain.datasets import LeRobotDataset, LeRobotDatasetMetadata
 from robotrain.datasets import frames as frames_module
 from robotrain.datasets import hub as hub_module
+from robotrain.datasets import writer as writer_module
 
 from .helpers import frame, gray, record
 
 RECORDER = textwrap.dedent("""
     import sys
     from tests.datasets.helpers import features, frame
-    from robotrain.datasets import LeRobotDataset
-    writer = LeRobotDataset.create("test/crash", 10, features(), root=sys.argv[1])
+    from robotrain.datasets import LeRobotDataset, writer as writer_module
+    caps = {}
+    if sys.argv[2] == "runs of 3":  # open files are joined every 3 episodes: kills also land inside joins
+        writer_module.EPISODES_PER_FILE = 3
+    else:  # "a file per episode": every save first closes the previous episode's files
+        caps = {"data_files_size_in_mb": 0, "video_files_size_in_mb": 0}
+    writer = LeRobotDataset.create("test/crash", 10, features(), root=sys.argv[1], **caps)
     for episode in range(40):
         for i in range(10):
             writer.add_frame(frame(episode, i, 10))
@@ -43,11 +49,13 @@ def check_items(root, episodes: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["runs of 3", "a file per episode"])
 @pytest.mark.parametrize("delay_s", [0.0, 0.03, 0.07, 0.12, 0.2, 0.35])
-def test_killed_recorder_leaves_a_loadable_dataset_and_resumes(tmp_path, delay_s):
+def test_killed_recorder_leaves_a_loadable_dataset_and_resumes(tmp_path, delay_s, layout, monkeypatch):
     root = tmp_path / "ds"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen([sys.executable, "-c", RECORDER, str(root)], stdout=subprocess.PIPE, text=True, cwd=repo)
+    proc = subprocess.Popen([sys.executable, "-c", RECORDER, str(root), layout], stdout=subprocess.PIPE, text=True,
+                            cwd=repo)
     assert proc.stdout.readline().strip() == "saved 0"
     time.sleep(delay_s)
     proc.send_signal(signal.SIGKILL)
@@ -57,12 +65,20 @@ def test_killed_recorder_leaves_a_loadable_dataset_and_resumes(tmp_path, delay_s
     assert committed >= 1 + len(printed), "every episode reported saved must be committed"
     check_items(root, committed)
 
+    if layout == "runs of 3":
+        monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 3)
     writer = LeRobotDataset.resume("test/crash", root=root)
+    assert not [p for p in root.rglob(".*") if p.is_file()], "resume removes what the killed save left"
     for episode in range(committed, committed + 2):
         for i in range(10):
             writer.add_frame(frame(episode, i, 10))
         writer.save_episode()
     check_items(root, committed + 2)
+    writer.finalize()
+    check_items(root, committed + 2)
+    per_file = 3 if layout == "runs of 3" else 1
+    data_files = sorted(p.name for p in (root / "data/chunk-000").iterdir())
+    assert data_files == [f"file-{i:03d}.parquet" for i in range(-(-(committed + 2) // per_file))]
 
 
 def test_frame_cache_equals_decoding_and_is_reused(tmp_path, monkeypatch):

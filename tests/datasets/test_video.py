@@ -14,7 +14,7 @@ from robotrain.datasets.video import (
     DecoderCache,
     VideoDecoder,
     VideoEncoding,
-    append_video,
+    concatenate_videos,
     count_frames,
     encode_video,
     video_info,
@@ -74,12 +74,14 @@ def test_keyframe_every_g_frames(tmp_path, vcodec):
     assert keyframes == list(range(0, 12, 2))
 
 
-def test_append_three_episodes(tmp_path):
-    lengths, first = [12, 10, 15], 0
-    starts, target = [], tmp_path / "videos" / "file-000.mp4"
-    for length in lengths:
-        starts.append(append_video(write(tmp_path / "episode.mp4", first, length), target))
+def test_concatenate_three_episodes(tmp_path):
+    lengths, first, episodes = [12, 10, 15], 0, []
+    for number, length in enumerate(lengths):
+        episodes.append(write(tmp_path / f"episode-{number}.mp4", first, length))
         first += length
+    target = tmp_path / "videos" / "file-000.mp4"
+    target.parent.mkdir()
+    starts = concatenate_videos(episodes, target)
     assert starts == pytest.approx([0, 12 / FPS, 22 / FPS], abs=1e-9)
     assert count_frames(target) == 37
     decoder = VideoDecoder(target)
@@ -91,14 +93,14 @@ def test_append_three_episodes(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["file-000.mp4"]
 
 
-def test_append_refuses_a_different_frame_size(tmp_path, av1_file):
+def test_concatenation_refuses_a_different_frame_size(tmp_path, av1_file):
     target = tmp_path / "file.mp4"
-    append_video(av1_file, target)
+    concatenate_videos([av1_file], target)
     before = target.read_bytes()
     other = tmp_path / "small.mp4"
     encode_video([np.zeros((32, 48, 3), np.uint8)] * 4, other, FPS)
     with pytest.raises(DatasetError, match="small.mp4.*size"):
-        append_video(other, target)
+        concatenate_videos([target, other], target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.mp4", "small.mp4"]
 
@@ -204,9 +206,9 @@ def test_encoding_settings():
 
 
 def test_decoder_cache_reopens_a_replaced_file(tmp_path):
-    """append_video replaces the file atomically; a cached decoder of the old file must not be served."""
+    """Joining episodes replaces the file atomically; a cached decoder of the old file must not be served."""
     path = write(tmp_path / "grow.mp4", 0, 6)
     cache = DecoderCache()
     assert indices(cache.get(path).frames_at([5 / FPS])) == [5]
-    append_video(write(tmp_path / "more.mp4", 6, 4), path)
+    concatenate_videos([path, write(tmp_path / "more.mp4", 6, 4)], path)
     assert indices(cache.get(path).frames_at([9 / FPS])) == [9]

@@ -4,6 +4,8 @@ Three passes. Read the v2.x metadata (info.json, episodes/tasks jsonl, per-episo
 files and collect every problem, so one run names all bad files. Then write the v3.0 dataset into a hidden sibling
 folder (`.<name>.converting`) and rename it to output_root at the very end: an interrupted conversion leaves no half
 dataset behind. Data rows are re-typed into robotrain's parquet schema; videos are remuxed, never re-encoded.
+Each output file is written once (a data file's rows are gathered in memory up to its size cap; each camera's
+episodes are streamed into its open mp4), so conversion I/O grows linearly with the dataset.
 
 Stats: per-episode stats from episodes_stats.jsonl are kept (the renumbered episode_index/index columns get fresh
 ones). A v2.0 dataset has none: numeric and image features get theirs from the data, while video cameras (which
@@ -60,7 +62,7 @@ from robotrain.datasets.stats import (
     stats_from_json,
     stats_to_json,
 )
-from robotrain.datasets.video import append_video, count_frames, video_info
+from robotrain.datasets.video import VideoConcatenator, VideoMismatchError, count_frames, video_info
 from robotrain.datasets.writer import (
     arrow_type,
     data_schema,
@@ -379,6 +381,7 @@ class V3Writer:
         self.pending: list[pa.Table] = []  # its episodes, written once it is full (one write per file)
         self.pending_bytes = 0
         self.video_at = dict.fromkeys(source.video_keys, (0, 0))
+        self.video_out: dict[str, VideoConcatenator] = {}  # each camera's open file, joined as episodes come
         self.files = {"data": 0, "video": 0}
 
     def add(self, episode: dict[str, Any]) -> None:
@@ -419,31 +422,45 @@ class V3Writer:
         return self.root / chunk_file_path(DEFAULT_VIDEO_PATH, *self.video_at[key], video_key=key)
 
     def _add_video(self, key: str, old_index: int, length: int) -> dict[str, Any]:
-        """Append the episode's mp4 (stream copy) to the camera's current file, or a new one past the size cap."""
+        """Append the episode's mp4 (stream copy) to the camera's open file, or a new one past the size cap."""
         src = self.source.root / self.source.video_file(old_index, key)
-        path = self._video_path(key)
-        if path.exists() and path.stat().st_size + src.stat().st_size >= self.cfg.video_files_size_in_mb * MB:
-            path = self._next_video_file(key)
+        out = self.video_out.get(key)
+        if out is not None and out.bytes_in + src.stat().st_size >= self.cfg.video_files_size_in_mb * MB:
+            out = self._next_video_file(key)
+        out = out or self._open_video_file(key)
         try:
-            start = append_video(src, path)
-        except DatasetError as exc:
-            if not path.exists():
+            start = out.append(src)
+        except VideoMismatchError as exc:
+            if not out.bytes_in:
                 raise
             # Episodes encoded with other settings cannot share a stream: give this one a file of its own.
             logger.info("%s: starting a new file (%s)", key, exc)
-            path = self._next_video_file(key)
-            start = append_video(src, path)
+            start = self._next_video_file(key).append(src)
         return {f"videos/{key}/chunk_index": self.video_at[key][0], f"videos/{key}/file_index": self.video_at[key][1],
                 f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + length / self.fps}
 
-    def _next_video_file(self, key: str) -> Path:
-        """Move camera `key` on to its next file."""
+    def _open_video_file(self, key: str) -> VideoConcatenator:
+        self.video_out[key] = VideoConcatenator(self._video_path(key))
+        return self.video_out[key]
+
+    def _next_video_file(self, key: str) -> VideoConcatenator:
+        """Close camera `key`'s file and open its next one."""
+        self.video_out.pop(key).close()
         self.video_at[key] = next_chunk_file(*self.video_at[key], DEFAULT_CHUNK_SIZE)
-        return self._video_path(key)
+        return self._open_video_file(key)
+
+    def abort(self) -> None:
+        """Drop the unfinished video files (the caller removes the folder)."""
+        for out in self.video_out.values():
+            out.abort()
+        self.video_out.clear()
 
     def finish(self) -> None:
-        """Write the last data file, then episodes, tasks, stats and (last) info.json."""
+        """Write the last data and video files, then episodes, tasks, stats and (last) info.json."""
         self._flush_data()
+        for out in self.video_out.values():
+            out.close()
+        self.video_out.clear()
         self.files["video"] = sum(1 for _ in (self.root / "videos").rglob("*.mp4")) if self.video_at else 0
         for key in self.video_at:
             first = self.root / chunk_file_path(DEFAULT_VIDEO_PATH, 0, 0, video_key=key)
@@ -517,9 +534,13 @@ def _temporary_dir(output_root: Path) -> Path:
 def _write_dataset(source: LegacyDataset, episodes: list[dict[str, Any]], tmp: Path, cfg: ConvertConfig) -> V3Writer:
     """Every kept episode, then the metadata, into `tmp`."""
     writer = V3Writer(source, tmp, cfg)
-    for episode in tqdm(episodes, desc="converting", unit="episode", leave=False):
-        writer.add(episode)
-    writer.finish()
+    try:
+        for episode in tqdm(episodes, desc="converting", unit="episode", leave=False):
+            writer.add(episode)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
     return writer
 
 

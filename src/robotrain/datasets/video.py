@@ -1,9 +1,10 @@
 """Encode, concatenate and decode the mp4 files that hold camera frames (LeRobotDataset v3.0).
 
-An episode is encoded on its own at a constant frame rate (frame i at i/fps), then appended to its camera's shared
-mp4 by remuxing packets with shifted timestamps (no re-encode), so frame i of an episode sits at
-from_timestamp + i/fps in the file. Decoding seeks to the keyframe before the wanted time (g=2 puts one every two
-frames) and decodes forward, matching frames to the asked times by their presentation timestamps.
+An episode is encoded on its own at a constant frame rate (frame i at i/fps), then joined with others into its
+camera's shared mp4 by remuxing packets with shifted timestamps (no re-encode, each packet written once), so frame i
+of an episode sits at from_timestamp + i/fps in the file. Decoding seeks to the keyframe before the wanted time
+(g=2 puts one every two frames) and decodes forward, matching frames to the asked times by their presentation
+timestamps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -161,35 +161,86 @@ def _remux(source: Any, stream: Any, out: Any, out_stream: Any, shift: int) -> i
     return end
 
 
-def append_video(src: Path, dst: Path) -> float:
-    """Append the encoded episode `src` to the mp4 `dst` without re-encoding; returns its start time in `dst`."""
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(dst)
-    try:
-        if not dst.exists():
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-            return 0.0
-        with av.open(str(dst)) as old, av.open(str(src)) as new:
-            old_stream, new_stream = old.streams.video[0], new.streams.video[0]
-            had, got = _describe(old_stream), _describe(new_stream)
-            if mismatched := [name for name in had if had[name] != got[name]]:
-                name = mismatched[0]
-                raise DatasetError(f"cannot append {src} to {dst}: its {name} is {got[name]!r}, the file's is "
-                                   f"{had[name]!r}. Fix: encode all episodes of a camera with the same settings")
-            with av.open(str(tmp), "w", format="mp4") as out:
-                # opaque=True copies the stream as is; a new codec object would need an AV1 encoder named "libdav1d"
-                out_stream = out.add_stream_from_template(old_stream, opaque=True)
-                start = _remux(old, old_stream, out, out_stream, 0)
-                _remux(new, new_stream, out, out_stream, start - (new_stream.start_time or 0))
-            start_s = float(start * old_stream.time_base)
-        os.replace(tmp, dst)
-    except av.FFmpegError as exc:
-        raise DatasetError(f"cannot append {src} to {dst} ({exc}). Fix: re-encode the episode") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return start_s
+class VideoMismatchError(DatasetError):
+    """An episode encoded with other settings than the file it should join: it needs a file of its own."""
+
+
+class VideoConcatenator:
+    """Stream-copies encoded episodes, one after another, into a new mp4 at `dst` (no re-encoding).
+
+    Each source is read once and its packets are written once, so joining N episodes costs their total size.
+    The result goes to a temporary file beside `dst` and replaces it on close(); abort() (or an error inside a
+    `with` block) removes it, so `dst` is either the whole result or as it was.
+    """
+
+    def __init__(self, dst: Path):
+        self.dst = Path(dst)
+        self.bytes_in = 0  # the appended files' total size, for size caps
+        self._tmp = _temp_path(self.dst)
+        self._out: Any = None
+        self._out_stream: Any = None
+        self._first: dict[str, Any] = {}  # what every later source must match (see _describe)
+        self._end = 0  # end of the last frame so far, in stream ticks
+
+    def append(self, src: Path) -> float:
+        """Append the encoded episode `src`; returns its start time (s) in the result."""
+        src = Path(src)
+        try:
+            with av.open(str(src)) as source:
+                stream = source.streams.video[0]
+                got = _describe(stream)
+                if self._out is None:
+                    self.dst.parent.mkdir(parents=True, exist_ok=True)
+                    self._out = av.open(str(self._tmp), "w", format="mp4")
+                    # opaque=True copies the stream as is; a new codec object would need an AV1 encoder "libdav1d"
+                    self._out_stream = self._out.add_stream_from_template(stream, opaque=True)
+                    self._first, shift = got, 0  # the first source keeps its own times
+                elif mismatched := [name for name in got if got[name] != self._first[name]]:
+                    name = mismatched[0]
+                    raise VideoMismatchError(
+                        f"cannot append {src} to {self.dst}: its {name} is {got[name]!r}, the file's is "
+                        f"{self._first[name]!r}. Fix: encode all episodes of a camera with the same settings")
+                else:
+                    shift = self._end - (stream.start_time or 0)
+                start = self._end
+                self._end = _remux(source, stream, self._out, self._out_stream, shift)
+        except av.FFmpegError as exc:
+            raise DatasetError(f"cannot append {src} to {self.dst} ({exc}). Fix: re-encode the episode") from exc
+        self.bytes_in += src.stat().st_size
+        return float(start * self._first["time base"])
+
+    def close(self) -> None:
+        """Finish the file and move it into place at `dst`."""
+        if self._out is None:
+            raise DatasetError(f"{self.dst}: no video was appended, so there is no file to write")
+        try:
+            self._out.close()
+            os.replace(self._tmp, self.dst)
+        finally:
+            self._out = None
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop the unfinished file; `dst` stays as it was."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoConcatenator:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def concatenate_videos(sources: Sequence[Path], dst: Path) -> list[float]:
+    """Join encoded episodes into one mp4 at `dst`, replaced atomically; returns each one's start time (s)."""
+    with VideoConcatenator(dst) as out:
+        return [out.append(src) for src in sources]
 
 
 def _open_input(path: Path) -> Any:

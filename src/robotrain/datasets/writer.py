@@ -1,8 +1,16 @@
 """DatasetWriter: record episodes into a LeRobot v3.0 dataset (create or resume, add_frame, save_episode).
 
-Crash safety: every file is replaced atomically and meta/info.json is written last, so it is the commit point.
-A process killed at any moment leaves a dataset that loads up to its last saved episode; rows a killed
-save_episode wrote before committing are ignored by readers and removed by `resume`.
+Invariant: after every save_episode returns, and at any moment a kill can stop it, the files on disk form a valid
+v3.0 dataset holding exactly the episodes meta/info.json counts (its last write, the commit point). Every file
+that is written is replaced atomically; files that info.json's episodes do not point at may exist after a kill,
+are ignored by readers and removed by `resume`.
+
+I/O grows with the data, not its square: a data or video file still being filled is a run of one-file-per-episode
+segments that the episode table points at (see segments.py), joined once when the file is full, when the episode
+table file is full (EPISODES_PER_FILE), or at finalize(). Only the current episode-table file (at most
+EPISODES_PER_FILE rows), tasks, stats and info.json are rewritten per episode. Joining a run, in order: write the
+joined file at its reserved location (nothing points there yet), rewrite the one episode-table file that holds the
+run's rows (each row is valid before and after: both files exist), then delete the segments.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from robotrain.datasets.format import (
     DEFAULT_FEATURES,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
     DEFAULT_VIDEO_PATH,
+    EPISODES_DIR,
     INFO_PATH,
     MB,
     STATS_PATH,
@@ -42,17 +51,32 @@ from robotrain.datasets.format import (
 from robotrain.datasets.frame_check import validate_features, validate_frame
 from robotrain.datasets.hub import local_dataset_dir
 from robotrain.datasets.metadata import PANDAS_INDEX_COLUMN, read_episodes, read_info, read_tasks
+from robotrain.datasets.segments import (
+    EpisodeFiles,
+    Location,
+    Run,
+    find_open_run,
+    join_segments,
+    remove_leftovers,
+    remove_unreferenced,
+)
 from robotrain.datasets.stats import (
+    FeatureStats,
     aggregate_stats,
     compute_episode_stats,
     flatten_stats,
     stats_to_json,
     unflatten_stats,
 )
-from robotrain.datasets.video import VideoEncoding, append_video, encode_video, video_info
+from robotrain.datasets.video import VideoEncoding, encode_video, video_info
 
 logger = logging.getLogger(__name__)
 
+# Rows per meta/episodes file, hence episodes per data or video file at most. It bounds what each save rewrites
+# (the current episode-table file, ~0.5-3 KB per row) and how many segments a run collects before it is joined;
+# a run never spans two episode-table files, so joining it switches its rows with one atomic file replace.
+EPISODES_PER_FILE = 100
+PENDING_NAME = ".pending-episode"  # an episode's file before it is placed (removed by resume after a kill)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -122,9 +146,15 @@ class DatasetWriter:
                  episode_rows: list[dict[str, Any]], encoding: VideoEncoding):
         self.repo_id, self.root, self.info, self.tasks = repo_id, root, info, tasks
         self.episode_rows = episode_rows  # committed episodes, with per-episode stats
+        self.dataset_stats: FeatureStats = {}
+        for row in episode_rows:
+            self.dataset_stats = fold_stats(self.dataset_stats, episode_stats(row))
         self.encoding = encoding
         self.buffer: list[dict[str, Any]] = []
         self.user_features = {k: f for k, f in info["features"].items() if k not in DEFAULT_FEATURES}
+        self.data = EpisodeFiles("data", info["data_path"], info["data_files_size_in_mb"] * MB)
+        self.videos = {key: EpisodeFiles(f"videos/{key}", info["video_path"], info["video_files_size_in_mb"] * MB, key)
+                       for key, feature in info["features"].items() if feature["dtype"] == "video"}
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -154,7 +184,7 @@ class DatasetWriter:
 
     @classmethod
     def resume(cls, repo_id: str, root: str | Path | None = None, vcodec: str = "libsvtav1") -> DatasetWriter:
-        """Append to an existing dataset; leftovers of an interrupted save_episode are removed first."""
+        """Append to an existing dataset: leftovers of an interrupted save are removed, open files reopened."""
         target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
         info = read_info(target)
         for feature in info["features"].values():
@@ -163,24 +193,39 @@ class DatasetWriter:
         rows = read_episodes(target, with_stats=True).to_pylist()[:total] if total else []
         tasks = read_tasks(target) if total else []
         writer = cls(repo_id, target, info, tasks, rows, VideoEncoding(vcodec=vcodec))
-        writer._drop_uncommitted_rows()
+        writer._remove_uncommitted()
+        for files in writer._all_files():
+            files.run = find_open_run(files, rows, target, writer.chunks_size)
         return writer
 
-    def _drop_uncommitted_rows(self) -> None:
-        """Rewrite the last data and episode files without rows of episodes past total_episodes."""
-        total = self.info["total_episodes"]
-        for path in sorted((self.root / "data").glob("chunk-*/file-*.parquet"))[-1:]:
-            table = pq.read_table(path)
-            kept = table.filter(pc.less(table["episode_index"], total))
-            if kept.num_rows != table.num_rows:
-                logger.warning("%s: removing %d frame(s) of an episode that was never committed", path,
-                               table.num_rows - kept.num_rows)
-                if kept.num_rows:
-                    write_parquet_atomic(kept, path)
-                else:
-                    path.unlink()
+    def _remove_uncommitted(self) -> None:
+        """Delete what a killed save left: temporary files, files and episode-table rows of uncommitted episodes."""
+        remove_leftovers(self.root, ["data", "videos", "meta"])
+        for files in self._all_files():
+            for path in remove_unreferenced(files, self.episode_rows, self.root):
+                logger.warning("%s: removed, it belongs to an episode that was never committed", path)
+        self._drop_uncommitted_data_rows()
+        committed = {self._metadata_path(self._metadata_location(row)) for row in self.episode_rows}
+        for path in (self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"):
+            if path not in committed:
+                path.unlink()
         if self.episode_rows:
-            self._write_episode_rows()
+            last = self._metadata_location(self.episode_rows[-1])
+            rows = sum(1 for row in self.episode_rows if self._metadata_location(row) == last)
+            if pq.read_metadata(self._metadata_path(last)).num_rows != rows:
+                self._write_episode_rows({last})
+
+    def _drop_uncommitted_data_rows(self) -> None:
+        """Rows past total_episodes inside the last data file (an older writer appended to it before committing)."""
+        if not self.episode_rows:
+            return
+        path = self.data.path(self.root, self.data.location(self.episode_rows[-1]))
+        table = pq.read_table(path)
+        kept = table.filter(pc.less(table["episode_index"], self.info["total_episodes"]))
+        if kept.num_rows != table.num_rows:
+            logger.warning("%s: removing %d frame(s) of an episode that was never committed", path,
+                           table.num_rows - kept.num_rows)
+            write_parquet_atomic(kept, path)
 
     # ---- recording ---------------------------------------------------------------------------------------
     def add_frame(self, frame: dict[str, Any]) -> None:
@@ -194,24 +239,43 @@ class DatasetWriter:
     def fps(self) -> int:
         return int(self.info["fps"])
 
+    @property
+    def chunks_size(self) -> int:
+        return int(self.info["chunks_size"])
+
     def save_episode(self) -> int:
         """Write the buffered frames as the next episode and commit it; returns its episode index."""
         if not self.buffer:
             raise DatasetError("save_episode() called with no frames; call add_frame(...) first")
         episode_index, n = self.info["total_episodes"], len(self.buffer)
         columns = self._episode_columns(episode_index)
+        pending = self._write_pending(columns)  # everything that can fail on bad frames, before any change
+        metadata_at = self._next_metadata_location()
+        new_table_file = bool(self.episode_rows) and metadata_at != self._metadata_location(self.episode_rows[-1])
+        self._close_runs([files for files in self._all_files() if files.run is not None and (
+            new_table_file or files.run.bytes + pending[files.name].stat().st_size >= files.cap_bytes)])
+
         row: dict[str, Any] = {"episode_index": episode_index, "tasks": sorted({f["task"] for f in self.buffer}),
                                "length": n}
-        row.update(self._write_data(columns, episode_index))
+        row.update(self._place(self.data, pending[self.data.name], episode_index))
         row["dataset_from_index"], row["dataset_to_index"] = self.info["total_frames"], self.info["total_frames"] + n
-        row.update(self._write_videos(columns))
+        for key, files in self.videos.items():
+            row.update(self._place(files, pending[files.name], episode_index))
+            row[f"{files.name}/from_timestamp"], row[f"{files.name}/to_timestamp"] = 0.0, n / self.fps
+            if "info" not in self.info["features"][key]:
+                path = files.path(self.root, files.location(row))
+                self.info["features"][key]["info"] = {**video_info(path), **self.encoding.info(), "is_depth_map": False}
         stats = compute_episode_stats(columns, self.info["features"])
         row.update({f"stats/{k}": v for k, v in flatten_stats(stats).items()})
+        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = metadata_at
         self.episode_rows.append(row)
-        self._write_episode_rows()
+        self._write_episode_rows({metadata_at})
         self._commit(n, stats)
         self.buffer = []
         return episode_index
+
+    def _all_files(self) -> list[EpisodeFiles]:
+        return [self.data, *self.videos.values()]
 
     def _episode_columns(self, episode_index: int) -> dict[str, np.ndarray]:
         """The buffer as one array per feature, plus the index columns."""
@@ -248,71 +312,88 @@ class DatasetWriter:
             arrays.append(array)
         return pa.Table.from_arrays(arrays, schema=data_schema(self.info["features"]))
 
-    def _write_data(self, columns: dict[str, np.ndarray], episode_index: int) -> dict[str, int]:
-        """Append the episode's rows to the current data file, or start a new one past the size cap."""
-        table = self._data_table(columns)
-        chunk, file = self._last_location("data/chunk_index", "data/file_index")
-        path = self.root / chunk_file_path(self.info["data_path"], chunk, file)
-        if path.exists() and path.stat().st_size + table.nbytes >= self.info["data_files_size_in_mb"] * MB:
-            chunk, file = next_chunk_file(chunk, file, self.info["chunks_size"])
-            path = self.root / chunk_file_path(self.info["data_path"], chunk, file)
-        if path.exists():
-            table = pa.concat_tables([pq.read_table(path).cast(table.schema), table])
-        write_parquet_atomic(table, path)
-        return {"data/chunk_index": chunk, "data/file_index": file}
+    def _write_pending(self, columns: dict[str, np.ndarray]) -> dict[str, Path]:
+        """The episode's data parquet and encoded videos, in hidden files until they are placed."""
+        data = self.root / "data" / f"{PENDING_NAME}.parquet"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self._data_table(columns), data, compression="snappy", use_dictionary=True)
+        pending = {self.data.name: data}
+        for files in self.videos.values():
+            pending[files.name] = self.root / "videos" / files.video_key / f"{PENDING_NAME}.mp4"
 
-    def _last_location(self, chunk_column: str, file_column: str) -> tuple[int, int]:
+        def encode(files: EpisodeFiles) -> None:
+            encode_video(iter(columns[files.video_key]), pending[files.name], self.fps, self.encoding)
+
+        if self.videos:
+            with ThreadPoolExecutor(max_workers=len(self.videos)) as pool:  # encoders release the GIL
+                list(pool.map(encode, self.videos.values()))
+        return pending
+
+    def _place(self, files: EpisodeFiles, pending: Path, episode_index: int) -> dict[str, int]:
+        """Move the episode's pending file into its run as the next segment (opening a run if none is open)."""
+        if files.run is None:
+            last = files.location(self.episode_rows[-1]) if self.episode_rows else None
+            files.run = Run(next_chunk_file(*last, self.chunks_size) if last else (0, 0))
+            location = next_chunk_file(*files.run.reserved, self.chunks_size)
+        else:
+            location = next_chunk_file(*files.location(self.episode_rows[files.run.episodes[-1]]), self.chunks_size)
+        path = files.path(self.root, location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pending, path)
+        files.run.episodes.append(episode_index)
+        files.run.sizes.append(path.stat().st_size)
+        return {f"{files.name}/chunk_index": location[0], f"{files.name}/file_index": location[1]}
+
+    def _close_runs(self, closing: list[EpisodeFiles]) -> None:
+        """Join each run into its reserved file, point its episodes there, then delete its segments."""
+        if not closing:
+            return
+        segments, tables = [], set()
+        for files in closing:
+            assert files.run is not None
+            rows = [self.episode_rows[i] for i in files.run.episodes]
+            paths = [files.path(self.root, files.location(row)) for row in rows]
+            starts = join_segments(paths, files.path(self.root, files.run.reserved), files.video_key is not None)
+            for row, start in zip(rows, starts, strict=True):
+                row[f"{files.name}/chunk_index"], row[f"{files.name}/file_index"] = files.run.reserved
+                if files.video_key is not None:
+                    row[f"{files.name}/from_timestamp"] = start
+                    row[f"{files.name}/to_timestamp"] = start + row["length"] / self.fps
+                tables.add(self._metadata_location(row))
+            segments += paths
+            files.run = None
+        self._write_episode_rows(tables)  # one file (runs never span two): the switch is atomic
+        for path in segments:
+            path.unlink()
+
+    # ---- the episode table ---------------------------------------------------------------------------------
+    @staticmethod
+    def _metadata_location(row: dict[str, Any]) -> Location:
+        return int(row["meta/episodes/chunk_index"]), int(row["meta/episodes/file_index"])
+
+    def _metadata_path(self, location: Location) -> Path:
+        return self.root / chunk_file_path(DEFAULT_EPISODES_PATH, *location)
+
+    def _next_metadata_location(self) -> Location:
+        """The episode-table file the next episode's row goes to: the last one until it holds EPISODES_PER_FILE."""
         if not self.episode_rows:
             return 0, 0
-        return self.episode_rows[-1][chunk_column], self.episode_rows[-1][file_column]
+        last = self._metadata_location(self.episode_rows[-1])
+        rows = sum(1 for row in self.episode_rows[-EPISODES_PER_FILE:] if self._metadata_location(row) == last)
+        return last if rows < EPISODES_PER_FILE else next_chunk_file(*last, self.chunks_size)
 
-    def _write_videos(self, columns: dict[str, np.ndarray]) -> dict[str, Any]:
-        keys = [k for k, f in self.info["features"].items() if f["dtype"] == "video"]
-        if not keys:
-            return {}
-        with ThreadPoolExecutor(max_workers=len(keys)) as pool:  # encoders release the GIL
-            results = list(pool.map(lambda k: self._write_video(k, columns[k]), keys))
-        return {k: v for result in results for k, v in result.items()}
-
-    def _write_video(self, key: str, frames: np.ndarray) -> dict[str, Any]:
-        """Encode the episode, then append it (stream copy) to the camera's current mp4 or a new one."""
-        pending = self.root / "videos" / key / ".pending-episode.mp4"
-        pending.parent.mkdir(parents=True, exist_ok=True)
-        encode_video(iter(frames), pending, self.fps, self.encoding)
-        chunk, file = self._last_location(f"videos/{key}/chunk_index", f"videos/{key}/file_index")
-        path = self.root / chunk_file_path(self.info["video_path"], chunk, file, video_key=key)
-        if path.exists() and path.stat().st_size + pending.stat().st_size >= self.info["video_files_size_in_mb"] * MB:
-            chunk, file = next_chunk_file(chunk, file, self.info["chunks_size"])
-            path = self.root / chunk_file_path(self.info["video_path"], chunk, file, video_key=key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start = append_video(pending, path)
-        if "info" not in self.info["features"][key]:
-            self.info["features"][key]["info"] = {**video_info(path), **self.encoding.info(), "is_depth_map": False}
-        pending.unlink()
-        return {f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
-
-    def _write_episode_rows(self) -> None:
-        """Rewrite the current meta/episodes file with every row that belongs in it."""
-        row = self.episode_rows[-1]
-        if "meta/episodes/chunk_index" not in row:
-            previous = self.episode_rows[-2] if len(self.episode_rows) > 1 else None
-            chunk, file = (previous["meta/episodes/chunk_index"], previous["meta/episodes/file_index"]) \
-                if previous else (0, 0)
-            row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = chunk, file
-        chunk, file = row["meta/episodes/chunk_index"], row["meta/episodes/file_index"]
-        rows = [r for r in self.episode_rows
-                if (r["meta/episodes/chunk_index"], r["meta/episodes/file_index"]) == (chunk, file)]
-        ordered = [{k: r[k] for k in episode_column_order(r)} for r in rows]
-        write_parquet_atomic(pa.Table.from_pylist(ordered), self.root / chunk_file_path(DEFAULT_EPISODES_PATH,
-                                                                                        chunk, file))
+    def _write_episode_rows(self, locations: set[Location]) -> None:
+        """Rewrite the episode-table files at `locations` with every row that belongs in them."""
+        for location in sorted(locations):
+            rows = [r for r in self.episode_rows if self._metadata_location(r) == location]
+            ordered = [{k: r[k] for k in episode_column_order(r)} for r in rows]
+            write_parquet_atomic(pa.Table.from_pylist(ordered), self._metadata_path(location))
 
     def _commit(self, n: int, stats: dict[str, dict[str, np.ndarray]]) -> None:
         """Tasks, stats, then info.json: the episode exists once info.json counts it."""
         write_tasks(self.root, self.tasks)
-        all_stats = [unflatten_stats({k[len("stats/"):]: v for k, v in r.items() if k.startswith("stats/")})
-                     for r in self.episode_rows]
-        write_json_atomic(self.root / STATS_PATH, stats_to_json(aggregate_stats(all_stats)))
+        self.dataset_stats = fold_stats(self.dataset_stats, stats)
+        write_json_atomic(self.root / STATS_PATH, stats_to_json(self.dataset_stats))
         info = self.info
         info["total_episodes"] += 1
         info["total_frames"] += n
@@ -321,11 +402,12 @@ class DatasetWriter:
         write_json_atomic(self.root / INFO_PATH, info)
 
     def finalize(self) -> None:
-        """Every saved episode is already committed; this only reports frames never saved."""
+        """Join the open files (every saved episode is already committed); reports frames never saved."""
         if self.buffer:
             logger.warning("finalize(): %d frame(s) added after the last save_episode() were not saved",
                            len(self.buffer))
         self.buffer = []
+        self._close_runs([files for files in self._all_files() if files.run is not None])
 
     @property
     def meta(self):
@@ -336,6 +418,18 @@ class DatasetWriter:
     def discard(self) -> None:
         """Delete the whole dataset folder (e.g. a recording that produced nothing)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def episode_stats(row: dict[str, Any]) -> FeatureStats:
+    """The per-episode stats stored in an episode-table row."""
+    return unflatten_stats({k[len("stats/"):]: v for k, v in row.items() if k.startswith("stats/")})
+
+
+def fold_stats(dataset: FeatureStats, episode: FeatureStats) -> FeatureStats:
+    """Dataset stats with one more episode: the same pooling as aggregate_stats over all episodes, one step at a
+    time, so a save costs the same at episode 10 and 10,000 (and a resumed writer, folding the stored episodes in
+    order, gets the same bits as one that never stopped)."""
+    return aggregate_stats([dataset, episode] if dataset else [episode])
 
 
 def numeric_array(values: np.ndarray, feature: dict[str, Any]) -> pa.Array:
