@@ -2,7 +2,7 @@
 
 Non-camera columns of the selected episodes are loaded once into tensors (a sample is a few index lookups).
 Camera frames come from a FrameSource: the memory-mapped frame cache when it is built, else decoded on the fly
-with a per-process decoder cache.
+with a per-process decoder cache; with a frame_size, both give them resized to it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
                  image_transforms: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  video_backend: str | None = None, tolerance_s: float = DEFAULT_TOLERANCE_S,
                  revision: str | None = None, return_uint8: bool = False, frame_cache: str = "off",
-                 meta: LeRobotDatasetMetadata | None = None):
+                 meta: LeRobotDatasetMetadata | None = None, frame_size: tuple[int, int] | None = None):
         self.repo_id = repo_id
         # `meta` lets a caller that already read the metadata (e.g. for fps) pass it instead of reading it again.
         self.meta = meta if meta is not None else LeRobotDatasetMetadata(repo_id, root, revision, episodes)
@@ -79,6 +79,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             raise DatasetError(f"video_backend '{self.video_backend}' is not supported; use 'pyav'")
         self.tolerance_s = tolerance_s
         self.return_uint8 = return_uint8
+        self.frame_size = self._check_frame_size(frame_size)
         self.delta_indices = (check_delta_timestamps(delta_timestamps, self.fps, tolerance_s, self.features)
                               if delta_timestamps else None)
         self._delta_offsets = {k: torch.tensor(v) for k, v in (self.delta_indices or {}).items()}
@@ -98,6 +99,15 @@ class LeRobotDataset(torch.utils.data.Dataset):
             raise DatasetError(f"episodes {bad} do not exist in {self.repo_id} ({total} episodes: 0..{total - 1}). "
                                "Fix: choose indices in that range")
         return sorted(set(episodes))
+
+    def _check_frame_size(self, frame_size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The (H, W) camera frames are resized to; None when every camera has that size already (no resize, and
+        the native frame cache serves)."""
+        from robotrain.datasets.frames import check_frame_size
+
+        size = check_frame_size(frame_size)
+        native = {tuple(self.meta.features[key]["shape"][:2]) for key in self.meta.camera_keys}
+        return None if native <= {size} else size
 
     def _selected(self) -> list[int]:
         return self.episodes if self.episodes is not None else list(range(self.meta.total_episodes))
@@ -209,7 +219,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def _camera(self, key: str, rows: list[int]) -> torch.Tensor:
         """Frames of camera `key` at `rows`: (T, C, H, W), float in [0, 1] unless return_uint8."""
         if key in self.images:
+            from robotrain.datasets.frames import resize_frames
+
             frames = np.stack([decode_png(self.images[key][r]) for r in rows])  # (T, H, W, 3) uint8
+            frames = resize_frames(frames, self.frame_size)
         else:
             frames = self.frames.get(key, rows)  # (T, H, W, 3) uint8
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, C, H, W)

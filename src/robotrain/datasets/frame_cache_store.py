@@ -1,9 +1,12 @@
-"""The frame cache on disk: one folder per dataset fingerprint, whose it is, who is using it, and removing it.
+"""The frame cache on disk: one folder per dataset fingerprint and frame size, whose it is, who is using it, and
+removing it.
 
     <cache root>/<fingerprint>/<camera>.u8     every frame of one camera (a .npy file, memory-mapped)
                                <camera>.json   written when that camera is complete
                                .owner.json     its cameras, and the datasets (repo_id, root) that use it
                                .lock           flock'ed by every process that reads or builds the cache
+    <cache root>/<fingerprint>-<H>x<W>/...      the same, with every frame resized to H x W (a folder of its own, so
+                                               a run reading one size never blocks a run building another)
 
 A dataset that changes gets a new fingerprint, so its old cache is never read again. Whenever a dataset opens
 its cache, the caches it owned before are deleted when no dataset still matches them (remove_stale_caches), and
@@ -52,6 +55,17 @@ def dataset_fingerprint(root: Path) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
+
+
+def cache_directory(fingerprint: str, frame_size: tuple[int, int] | None) -> Path:
+    """The folder of the dataset's cache at native resolution (frame_size None) or resized to frame_size."""
+    name = fingerprint if frame_size is None else f"{fingerprint}-{frame_size[0]}x{frame_size[1]}"
+    return cache_root() / name
+
+
+def folder_fingerprint(directory: Path) -> str:
+    """The dataset fingerprint a cache folder belongs to, whatever its frame size."""
+    return directory.name.partition("-")[0]
 
 
 # ---- locks -------------------------------------------------------------------------------------------------
@@ -203,7 +217,7 @@ def describe_cache(directory: Path) -> CacheEntry:
         owners, state, cameras = [], "unknown", [p.stem for p in directory.glob("*.u8")]
     else:
         owners, cameras = record["datasets"], record["cameras"]
-        current = any(_current_fingerprint(o["root"]) == directory.name for o in owners)
+        current = any(_current_fingerprint(o["root"]) == folder_fingerprint(directory) for o in owners)
         state = "current" if current else "stale"
     complete = bool(cameras) and all((directory / f"{c}.json").is_file() for c in cameras)
     return CacheEntry(directory, owners, _disk_bytes(directory), state, complete, _holder(directory))
@@ -247,7 +261,7 @@ def remove_stale_caches(root: Path, current: str) -> None:
     _remove_abandoned_trash()
     freed, removed = 0, 0
     for directory in _cache_folders():
-        record = _read_record(directory) if directory.name != current else None
+        record = _read_record(directory) if folder_fingerprint(directory) != current else None
         if record is None or all(o["root"] != resolved for o in record["datasets"]):
             continue
         try:

@@ -6,6 +6,11 @@ mtime), so an edited dataset gets a fresh cache, and it covers all episodes, so 
 subsets share it. Decoding happens once, sequentially (fast: no seeks), with a progress bar. After that a sample
 costs a memory copy, in any number of DataLoader workers (the OS shares the pages). frame_cache_store.py keeps the
 folders on disk: locks that tell "in use" from "abandoned", and the removal of caches a dataset outgrew.
+
+With a frame size (H, W) every camera's frames are resized once, at build, into a cache folder of that size (the
+native one stays): a policy that resizes its input (Diffusion's resize_shape) then reads small frames, and a
+dataset too large to cache at full resolution may fit. Decoding on the fly resizes the same way, so items are the
+same with or without the cache.
 """
 
 from __future__ import annotations
@@ -18,17 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
 
 from robotrain.datasets.format import DatasetError
 from robotrain.datasets.frame_cache_store import (
     CacheLock,
-    cache_root,
+    cache_directory,
     dataset_fingerprint,
     lock_cache,
     record_owner,
     remove_stale_caches,
 )
 from robotrain.datasets.video import DecoderCache
+from robotrain.errors import ConfigError
 
 if TYPE_CHECKING:
     from robotrain.datasets.dataset import LeRobotDataset
@@ -37,6 +45,32 @@ logger = logging.getLogger(__name__)
 
 FRAME_CACHE_MODES = ("auto", "on", "off")
 _DECODERS = DecoderCache()  # one per process; DataLoader workers get their own after fork
+
+
+def check_frame_size(frame_size: object) -> tuple[int, int] | None:
+    """(height, width) as two positive ints, or None; ConfigError naming frame_size otherwise."""
+    if frame_size is None:
+        return None
+    values = list(frame_size) if isinstance(frame_size, (list, tuple)) else [frame_size]
+    whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+    if len(values) != 2 or not whole or min(values) < 1:
+        raise ConfigError("frame_size", values if len(values) > 1 else frame_size,
+                          "must be two positive whole numbers (height, width)", "e.g. [240,320], or null (native)")
+    return int(values[0]), int(values[1])
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, *size, 3) uint8, resized as Diffusion Policy's encoder resizes its input.
+
+    Bilinear with antialiasing on floats in [0, 1], then rounded to uint8: a frame equals the model's own float
+    resize of the native frame up to that rounding (at most 0.5/255; per-channel normalization before the resize
+    commutes with it, as the weights sum to 1). Frames already at `size` are returned as they are.
+    """
+    if size is None or tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous().float().div_(255)  # (T, 3, H, W)
+    resized = F.interpolate(video, size=size, mode="bilinear", antialias=True)  # (T, 3, *size)
+    return resized.mul_(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 class FrameSource(Protocol):
@@ -52,11 +86,12 @@ class DecodingSource:
 
     def get(self, key: str, rows: list[int]) -> np.ndarray:
         path, times = self.dataset.video_timestamps(key, rows)
-        return _DECODERS.get(path).frames_at(times, self.dataset.tolerance_s)
+        return resize_frames(_DECODERS.get(path).frames_at(times, self.dataset.tolerance_s), self.dataset.frame_size)
 
 
 class FrameCache:
-    """Every frame of each video camera, decoded once into a memory-mapped uint8 file.
+    """Every frame of each video camera, decoded once (and resized to dataset.frame_size) into a memory-mapped uint8
+    file.
 
     Once opened it holds a shared lock on its folder until it is garbage-collected (see frame_cache_store.py), so
     no other process deletes it meanwhile.
@@ -73,9 +108,15 @@ class FrameCache:
         return {**self.__dict__, "_arrays": {}, "_lock": None}
 
     @staticmethod
+    def frame_shape(dataset: LeRobotDataset, key: str) -> tuple[int, ...]:
+        """(H, W, 3) of camera `key` as cached: at dataset.frame_size when set, else native."""
+        native = tuple(dataset.meta.features[key]["shape"])
+        return native if dataset.frame_size is None else (*dataset.frame_size, native[-1])
+
+    @staticmethod
     def nbytes(dataset: LeRobotDataset) -> int:
         meta = dataset.meta
-        return sum(meta.total_frames * int(np.prod(meta.features[k]["shape"])) for k in meta.video_keys)
+        return sum(meta.total_frames * int(np.prod(FrameCache.frame_shape(dataset, k))) for k in meta.video_keys)
 
     def file(self, key: str) -> Path:
         return self.directory / f"{key}.u8"
@@ -117,7 +158,7 @@ class FrameCache:
         for key in meta.video_keys:
             if (self.directory / f"{key}.json").is_file():
                 continue
-            shape = (meta.total_frames, *meta.features[key]["shape"])  # (N, H, W, 3)
+            shape = (meta.total_frames, *self.frame_shape(self.dataset, key))  # (N, H, W, 3)
             partial = self.directory / f".{key}.u8.partial"
             array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
             with tqdm(total=meta.total_frames, desc=f"caching {key}", unit="frame", leave=False) as bar:
@@ -139,7 +180,7 @@ class FrameCache:
         for count, (_, frame) in enumerate(decoder.iter_frames(from_s, from_s + length / meta.fps), start=1):
             if count > length:
                 break
-            array[start + count - 1] = frame
+            array[start + count - 1] = resize_frames(frame[None], self.dataset.frame_size)[0]
         if count < length:
             raise DatasetError(f"{meta.get_video_file_path(episode, key)}: episode {episode} has {length} frames in "
                                f"meta/episodes but only {count} in the video. Fix: re-download or restore the dataset")
@@ -177,7 +218,7 @@ def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
         return DecodingSource(dataset)
     fingerprint = dataset_fingerprint(dataset.root)
     remove_stale_caches(dataset.root, fingerprint)  # first: the space it frees counts towards the budget
-    cache = FrameCache(dataset, cache_root() / fingerprint)
+    cache = FrameCache(dataset, cache_directory(fingerprint, dataset.frame_size))
     if cache.is_complete() and cache.open_if_complete():  # checked unlocked first: no folder made for nothing
         return cache
     needed, budget = FrameCache.nbytes(dataset), cache_budget(cache.directory)
