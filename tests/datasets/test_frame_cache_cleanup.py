@@ -186,3 +186,12 @@ def test_clear_removes_what_an_interrupted_deletion_left(cache_dir):
     alive.mkdir()
     report = clear_caches([])
     assert not trash.exists() and report.freed >= 8192 and alive.is_dir()
+
+
+def test_cache_budget_counts_reclaimable_page_cache(tmp_path):
+    """MemFree is small on any machine that has run a while; the budget must use MemAvailable."""
+    from robotrain.datasets.frames import available_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:          300000 kB\nMemAvailable:   22000000 kB\n")
+    assert available_memory(meminfo) == 22_000_000 * 1024

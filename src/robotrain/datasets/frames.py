@@ -195,7 +195,18 @@ class FrameCache:
         return np.ascontiguousarray(self._arrays[key][[int(index[r]) for r in rows]])
 
 
-def _available_memory() -> int:
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """Bytes the OS can hand out without swapping: Linux's MemAvailable, which counts reclaimable page cache.
+
+    Not MemFree (sysconf's SC_AVPHYS_PAGES): on a machine that has run a while the page cache holds most memory,
+    MemFree is a few GB, and the cache would be turned off for no reason. Elsewhere, free pages are the best guess.
+    """
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError):
@@ -203,11 +214,11 @@ def _available_memory() -> int:
 
 
 def cache_budget(directory: Path) -> int:
-    """Bytes the cache may take: half the free memory (so pages stay resident) and half the free disk."""
+    """Bytes the cache may take: half the available memory (so pages stay resident) and half the free disk."""
     existing = directory
     while not existing.exists():
         existing = existing.parent
-    return min(_available_memory() // 2, shutil.disk_usage(existing).free // 2)
+    return min(available_memory() // 2, shutil.disk_usage(existing).free // 2)
 
 
 def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
@@ -225,7 +236,8 @@ def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
     if needed > budget:
         if mode == "on":
             raise DatasetError(f"the frame cache needs {needed / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
-                               "fit (half the free memory and disk). Fix: frame_cache='off' to decode on the fly")
+                               "fit (half the available memory and half the free disk). Fix: frame_cache='off' to "
+                               "decode on the fly")
         logger.info("frame cache (%.1f GiB) exceeds the budget (%.1f GiB): decoding on the fly",
                     needed / 2**30, budget / 2**30)
         return DecodingSource(dataset)
