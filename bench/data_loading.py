@@ -66,7 +66,10 @@ def delta_timestamps(policy: str, fps: int, cameras: list[str]) -> dict[str, lis
     return {"action": [i / fps for i in range(100)]}
 
 
-def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size: int = 8) -> float:
+def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size: int = 8,
+            to_float: tuple[str, ...] = ()) -> float:
+    """Samples/s through a shuffled DataLoader; `to_float` cameras arrive as uint8 and are made float in [0, 1]
+    inside the timed loop, as `robotrain train` does after loading (there on the training device)."""
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          generator=torch.Generator().manual_seed(0),
                                          persistent_workers=workers > 0)
@@ -79,6 +82,8 @@ def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size
         except StopIteration:
             it = iter(loader)
             batch = next(it)
+        for key in to_float:
+            batch[key] = batch[key].float().div_(255)
         n += batch["action"].shape[0]
     return n / (time.perf_counter() - start)
 
@@ -123,10 +128,13 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
                 peer = peer_samples_per_s(root, policy, workers, args.batches)
                 cached = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="on"),
                                  workers, args.batches)
+                as_trained = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="on",
+                                                    return_uint8=True), workers, args.batches,
+                                     to_float=tuple(meta.camera_keys))
                 decoded = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off"),
                                   workers, args.batches)
-                rows.append(f"| {name} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | "
-                            f"{cached / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x |")
+                rows.append(f"| {name} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | {cached / peer:.1f}x | "
+                            f"{as_trained:.1f} | {as_trained / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x |")
                 print(rows[-1], flush=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(f"peak RSS of the robotrain benchmark process: {rss_mb:.0f} MiB")
@@ -142,8 +150,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the datasets here instead of a temp dir")
     args = parser.parse_args()
     ensure_peer()
-    print("| dataset | sample | workers | lerobot samples/s | robotrain cached | ratio | robotrain decoding | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| dataset | sample | workers | lerobot samples/s | robotrain cached | ratio | robotrain cached, uint8 "
+          "(as train loads) | ratio | robotrain decoding | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         rows = run(args, args.out)
