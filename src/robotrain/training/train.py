@@ -22,6 +22,7 @@ import torch
 
 from robotrain.configs.train import TrainConfig, config_to_dict
 from robotrain.devices import resolve_device
+from robotrain.memory import reuse_freed_memory
 from robotrain.training import checkpoint as ckpt
 from robotrain.training.metrics import (
     RunLog,
@@ -85,6 +86,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from robotrain.policies.factory import make_policy
 
     output_dir = Path(cfg.output_dir)
+    reuse_freed_memory()  # every step reallocates the same large buffers: keep their pages mapped
     set_seed(cfg.seed)
     device = resolve_device(cfg.policy.device)
 
