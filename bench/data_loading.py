@@ -147,8 +147,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--sizes", type=int, nargs="*", default=[96, 480], choices=sorted(SHAPES))
     parser.add_argument("--existing", type=Path, nargs="*", default=[], help="datasets on disk to measure too")
+    parser.add_argument("--reuse_freed_memory", action="store_true",
+                        help="robotrain's side with the allocator setting `robotrain train` applies (robotrain.memory)")
     parser.add_argument("--out", type=Path, default=None, help="keep the datasets here instead of a temp dir")
     args = parser.parse_args()
+    if args.reuse_freed_memory:  # the peer runs in its own processes, untouched
+        from robotrain.memory import reuse_freed_memory
+
+        assert reuse_freed_memory(), "glibc's mallopt is not available here"
     ensure_peer()
     print("| dataset | sample | workers | lerobot samples/s | robotrain cached | ratio | robotrain cached, uint8 "
           "(as train loads) | ratio | robotrain decoding | ratio |")
