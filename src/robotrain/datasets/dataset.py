@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import torch
 
 from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, chunk_file_path
+from robotrain.datasets.frames import check_frame_size, make_frame_source, resize_frames
 from robotrain.datasets.metadata import LeRobotDatasetMetadata, read_parquet
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self._delta_offsets = {k: torch.tensor(v) for k, v in (self.delta_indices or {}).items()}
         self._load_columns()
         self._video_locations = self._locate_videos()
-        from robotrain.datasets.frames import make_frame_source
-
         self.frames = make_frame_source(self, frame_cache)
 
     # ---- loading -----------------------------------------------------------------------------------------
@@ -103,8 +102,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def _check_frame_size(self, frame_size: tuple[int, int] | None) -> tuple[int, int] | None:
         """The (H, W) camera frames are resized to; None when every camera has that size already (no resize, and
         the native frame cache serves)."""
-        from robotrain.datasets.frames import check_frame_size
-
         size = check_frame_size(frame_size)
         native = {tuple(self.meta.features[key]["shape"][:2]) for key in self.meta.camera_keys}
         return None if native <= {size} else size
@@ -219,8 +216,6 @@ class LeRobotDataset(torch.utils.data.Dataset):
     def _camera(self, key: str, rows: list[int]) -> torch.Tensor:
         """Frames of camera `key` at `rows`: (T, C, H, W), float in [0, 1] unless return_uint8."""
         if key in self.images:
-            from robotrain.datasets.frames import resize_frames
-
             frames = np.stack([decode_png(self.images[key][r]) for r in rows])  # (T, H, W, 3) uint8
             frames = resize_frames(frames, self.frame_size)
         else:
