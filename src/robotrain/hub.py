@@ -41,13 +41,10 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 def fetch_hub_file(repo_id: str, filename: str, flag: str, repo_type: str = "model",
                    revision: str | None = None) -> Path:
     """The local path of `filename` in Hub repo `repo_id` (from the cache when offline); ConfigError otherwise."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    offline = hub_offline_requested() or not hub_reachable()
     try:
-        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
-                                    local_files_only=offline))
+        return _download(repo_id, filename, repo_type, revision)
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
         raise ConfigError(flag, repo_id, f"is not a local directory, and {why} (it is not in the local cache either)",
@@ -63,12 +60,17 @@ def fetch_hub_file(repo_id: str, filename: str, flag: str, repo_type: str = "mod
 def fetch_optional_hub_file(repo_id: str, filename: str, repo_type: str = "model",
                             revision: str | None = None) -> Path | None:
     """Like fetch_hub_file for a file only some repos have: None when the repo lacks it (offline: the cache does)."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    offline = hub_offline_requested() or not hub_reachable()
     try:
-        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
-                                    local_files_only=offline))
+        return _download(repo_id, filename, repo_type, revision)
     except EntryNotFoundError:  # LocalEntryNotFoundError is one too: offline, an uncached file may not exist
         return None
+
+
+def _download(repo_id: str, filename: str, repo_type: str, revision: str | None) -> Path:
+    """hf_hub_download, from the cache only when offline was asked for or the Hub cannot be reached."""
+    from huggingface_hub import hf_hub_download
+
+    offline = hub_offline_requested() or not hub_reachable()
+    return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision, local_files_only=offline))
