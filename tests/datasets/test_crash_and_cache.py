@@ -26,8 +26,9 @@ RECORDER = textwrap.dedent("""
     from tests.datasets.helpers import features, frame
     from robotrain.datasets import LeRobotDataset, writer as writer_module
     caps = {}
-    if sys.argv[2] == "runs of 3":  # open files are joined every 3 episodes: kills also land inside joins
-        writer_module.EPISODES_PER_FILE = 3
+    if sys.argv[2] == "runs of 3":  # open files are joined every 3 episodes: kills also land inside joins,
+        writer_module.SEGMENTS_PER_RUN = 3  # whose rows span two episode-table files of 2 rows
+        writer_module.EPISODES_PER_FILE = 2
     else:  # "a file per episode": every save first closes the previous episode's files
         caps = {"data_files_size_in_mb": 0, "video_files_size_in_mb": 0}
     writer = LeRobotDataset.create("test/crash", 10, features(), root=sys.argv[1], **caps)
@@ -66,7 +67,8 @@ def test_killed_recorder_leaves_a_loadable_dataset_and_resumes(tmp_path, delay_s
     check_items(root, committed)
 
     if layout == "runs of 3":
-        monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 3)
+        monkeypatch.setattr(writer_module, "SEGMENTS_PER_RUN", 3)
+        monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 2)
     writer = LeRobotDataset.resume("test/crash", root=root)
     assert not [p for p in root.rglob(".*") if p.is_file()], "resume removes what the killed save left"
     for episode in range(committed, committed + 2):

@@ -7,6 +7,10 @@ the converter streams each camera's episodes into its open mp4. Bytes written ar
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ import pytest
 from robotrain.datasets import LeRobotDataset
 from robotrain.datasets import writer as writer_module
 from robotrain.datasets.convert import ConvertConfig, convert_dataset
+from robotrain.datasets.validate import ValidateConfig, validate_dataset
 from robotrain.datasets.video import VideoEncoding, encode_video
 
 from .helpers import H, W, features, frame, gray, record
@@ -73,7 +78,8 @@ def test_bytes_written_per_save_do_not_grow_with_the_episodes_before_it(tmp_path
 
 
 def test_a_save_leaves_earlier_segments_untouched_and_every_step_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 4)
+    monkeypatch.setattr(writer_module, "SEGMENTS_PER_RUN", 4)
+    monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 3)  # runs span episode-table files
     root, lengths = tmp_path / "ds", []
     writer = LeRobotDataset.create("test/synthetic", 10, features(), root=root)
     before: dict[Path, tuple[int, int]] = {}
@@ -88,8 +94,8 @@ def test_a_save_leaves_earlier_segments_untouched_and_every_step_loads(tmp_path,
         if episode != 4:  # no join in this save: every data and video file of the earlier episodes is as it was
             assert {p: now.get(p) for p in before} == before, f"save {episode} rewrote a file"
         before = now
-    # Episodes 0-3 were joined into file-000 when episode 4 started the second episode-table file; 4 and 5 are still
-    # segments of the open file-001, which is reserved (file-002 and file-003 hold them).
+    # Episodes 0-3 (rows in two episode-table files) were joined into file-000 when episode 4 came; 4 and 5 are
+    # still segments of the open file-001, which is reserved (file-002 and file-003 hold them).
     assert file_names(root / "data") == ["chunk-000/file-000.parquet", "chunk-000/file-002.parquet",
                                          "chunk-000/file-003.parquet"]
     writer.finalize()
@@ -114,6 +120,64 @@ def test_resuming_an_open_file_gives_the_same_files_as_not_stopping(tmp_path):
             writer.add_frame(frame(episode, i, length))
         writer.save_episode()
     writer.finalize()
+    assert file_names(root) == file_names(uninterrupted)
+    for name in file_names(root):
+        assert (root / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+
+KILLED_MID_SWITCH = textwrap.dedent("""
+    import os, signal, sys
+    from tests.datasets.helpers import features, frame
+    from robotrain.datasets import LeRobotDataset, writer as writer_module
+    writer_module.SEGMENTS_PER_RUN, writer_module.EPISODES_PER_FILE = 4, 3
+    switch = writer_module.DatasetWriter._write_episode_rows
+
+    def switch_one_table_then_die(self, locations):
+        if len(locations) > 1:  # the joined run's rows are in two episode-table files: die between the rewrites
+            switch(self, {min(locations)})
+            os.kill(os.getpid(), signal.SIGKILL)
+        switch(self, locations)
+
+    writer_module.DatasetWriter._write_episode_rows = switch_one_table_then_die
+    writer = LeRobotDataset.create("test/synthetic", 10, features(), root=sys.argv[1])
+    for episode, length in enumerate([5, 7, 3, 6, 4]):
+        for i in range(length):
+            writer.add_frame(frame(episode, i, length))
+        writer.save_episode()
+""")
+
+
+def test_a_kill_between_the_episode_table_rewrites_of_a_join_is_finished_by_resume(tmp_path, monkeypatch):
+    """Episodes 0-3 are joined when episode 4 is saved; their rows are in two episode-table files, and the writer
+    dies after rewriting the first. The dataset still loads right, validate names the fix, and resume finishes the
+    switch: the files are then byte for byte those of a recording that never stopped."""
+    root, lengths = tmp_path / "killed", [5, 7, 3, 6, 4, 5]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_SWITCH, str(root)], cwd=repo, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (root / "meta/.join-in-progress.json").exists()
+    # Episodes 0-2 point at the joined file-000, episode 3 still at its segment file-004 (whose rows file-000 also
+    # holds); the segments of 0-2 (file-001 to 003) are not deleted yet.
+    assert file_names(root / "data") == [".pending-episode.parquet",
+                                         *[f"chunk-000/file-00{i}.parquet" for i in range(5)]]
+    check_items(root, lengths[:4])
+    problems = validate_dataset(ValidateConfig(repo_id="test/synthetic", root=root))
+    assert any(p.startswith("meta/.join-in-progress.json: a writer was killed") and "resume" in p for p in problems)
+
+    monkeypatch.setattr(writer_module, "SEGMENTS_PER_RUN", 4)
+    monkeypatch.setattr(writer_module, "EPISODES_PER_FILE", 3)
+    writer = LeRobotDataset.resume("test/synthetic", root=root)
+    assert not (root / "meta/.join-in-progress.json").exists()
+    assert file_names(root / "data") == ["chunk-000/file-000.parquet"]
+    for episode in (4, 5):
+        for i in range(lengths[episode]):
+            writer.add_frame(frame(episode, i, lengths[episode]))
+        writer.save_episode()
+    writer.finalize()
+    check_items(root, lengths)
+    assert validate_dataset(ValidateConfig(repo_id="test/synthetic", root=root)) == []
+    uninterrupted = record(tmp_path / "one_go", lengths)
     assert file_names(root) == file_names(uninterrupted)
     for name in file_names(root):
         assert (root / name).read_bytes() == (uninterrupted / name).read_bytes(), name

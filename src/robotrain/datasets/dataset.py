@@ -113,13 +113,16 @@ class LeRobotDataset(torch.utils.data.Dataset):
         """Read the data rows of the selected episodes into tensors; check them against the episode table."""
         meta, selected = self.meta, self._selected()
         chunks, files = meta.episode_column("data/chunk_index"), meta.episode_column("data/file_index")
-        paths = sorted({(int(chunks[e]), int(files[e])) for e in selected})
-        wanted = pa.array(selected, pa.int64())
+        placed: dict[tuple[int, int], list[int]] = {}
+        for e in selected:
+            placed.setdefault((int(chunks[e]), int(files[e])), []).append(e)
         tables = []
-        for chunk, file in paths:
+        for (chunk, file), episodes in sorted(placed.items()):
             path = self.root / chunk_file_path(meta.data_path, chunk, file)
             table = read_parquet(path, "frame data")
-            tables.append(table.filter(pc.is_in(table["episode_index"], value_set=wanted)))
+            # Only the episodes the table places in this file: a writer killed while switching joined episodes
+            # leaves rows of some of them in two files until it is resumed.
+            tables.append(table.filter(pc.is_in(table["episode_index"], value_set=pa.array(episodes, pa.int64()))))
         table = pa.concat_tables(tables, promote_options="permissive").sort_by("index")
         self._check_rows(table, selected)
         self.columns: dict[str, torch.Tensor] = {}

@@ -25,6 +25,9 @@ INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
+# robotrain's writer: the joins whose episode rows are being switched to the joined files (writer.py). Present only
+# after a kill in that step; LeRobotDataset.resume finishes the switch.
+JOIN_JOURNAL = "meta/.join-in-progress.json"
 DEFAULT_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 DEFAULT_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"

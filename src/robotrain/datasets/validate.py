@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from robotrain.datasets.dataset import arrow_column_to_numpy, decode_png
-from robotrain.datasets.format import DEFAULT_TOLERANCE_S, INFO_PATH, TASKS_PATH, DatasetError
+from robotrain.datasets.format import DEFAULT_TOLERANCE_S, INFO_PATH, JOIN_JOURNAL, TASKS_PATH, DatasetError
 from robotrain.datasets.hub import resolve_dataset_root
 from robotrain.datasets.metadata import PANDAS_INDEX_COLUMN, read_parquet
 from robotrain.datasets.stats import SKIPPED_DTYPES
@@ -61,6 +61,9 @@ def validate_dataset(cfg: ValidateConfig) -> list[str]:
     info = check_info(root, problems)
     if info is None:
         return problems.lines
+    if (root / JOIN_JOURNAL).exists():
+        problems.add(JOIN_JOURNAL, "a writer was killed while switching episodes to joined files, so some episodes' "
+                     "rows are in two files. Fix: LeRobotDataset.resume(repo_id, root=...) finishes the switch")
     tasks = check_tasks(root, info, problems)
     tables = read_episode_tables(root, problems)
     episodes = check_episode_table(info, tables, tasks, problems)

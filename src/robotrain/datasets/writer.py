@@ -6,11 +6,13 @@ that is written is replaced atomically; files that info.json's episodes do not p
 are ignored by readers and removed by `resume`.
 
 I/O grows with the data, not its square: a data or video file still being filled is a run of one-file-per-episode
-segments that the episode table points at (see segments.py), joined once when the file is full, when the episode
-table file is full (EPISODES_PER_FILE), or at finalize(). Only the current episode-table file (at most
-EPISODES_PER_FILE rows), tasks, stats and info.json are rewritten per episode. Joining a run, in order: write the
-joined file at its reserved location (nothing points there yet), rewrite the one episode-table file that holds the
-run's rows (each row is valid before and after: both files exist), then delete the segments.
+segments that the episode table points at (see segments.py), joined once when the file is full, when the run holds
+SEGMENTS_PER_RUN episodes, or at finalize(). Only the current episode-table file (at most EPISODES_PER_FILE rows),
+tasks, stats and info.json are rewritten per episode. Joining runs, in order: write each joined file at its reserved
+location (nothing points there yet), write the join journal, rewrite the episode-table files that hold the runs'
+rows (each row is valid before and after: both files exist), delete the segments, then the journal. A run's rows
+may span several episode-table files; a kill between their rewrites leaves the journal, and `resume` repeats the
+switch from it (every step can be repeated).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from robotrain.datasets.format import (
     DEFAULT_VIDEO_PATH,
     EPISODES_DIR,
     INFO_PATH,
+    JOIN_JOURNAL,
     MB,
     STATS_PATH,
     TASKS_PATH,
@@ -72,10 +75,11 @@ from robotrain.datasets.video import VideoEncoding, encode_video, video_info
 
 logger = logging.getLogger(__name__)
 
-# Rows per meta/episodes file, hence episodes per data or video file at most. It bounds what each save rewrites
-# (the current episode-table file, ~0.5-3 KB per row) and how many segments a run collects before it is joined;
-# a run never spans two episode-table files, so joining it switches its rows with one atomic file replace.
+# Rows per meta/episodes file. It bounds what each save rewrites (the current episode-table file, ~0.5-3 KB per row).
 EPISODES_PER_FILE = 100
+# Episodes a data or video file takes before it is joined, if its size cap does not come first. It bounds the
+# segment files a killed recorder leaves (each a valid file that LeRobot's reader opens one by one).
+SEGMENTS_PER_RUN = 1000
 PENDING_NAME = ".pending-episode"  # an episode's file before it is placed (removed by resume after a kill)
 
 
@@ -193,6 +197,7 @@ class DatasetWriter:
         rows = read_episodes(target, with_stats=True).to_pylist()[:total] if total else []
         tasks = read_tasks(target) if total else []
         writer = cls(repo_id, target, info, tasks, rows, VideoEncoding(vcodec=vcodec))
+        writer._finish_interrupted_joins()  # before the cleanup: the joined files may not be referenced yet
         writer._remove_uncommitted()
         for files in writer._all_files():
             files.run = find_open_run(files, rows, target, writer.chunks_size)
@@ -251,9 +256,9 @@ class DatasetWriter:
         columns = self._episode_columns(episode_index)
         pending = self._write_pending(columns)  # everything that can fail on bad frames, before any change
         metadata_at = self._next_metadata_location()
-        new_table_file = bool(self.episode_rows) and metadata_at != self._metadata_location(self.episode_rows[-1])
         self._close_runs([files for files in self._all_files() if files.run is not None and (
-            new_table_file or files.run.bytes + pending[files.name].stat().st_size >= files.cap_bytes)])
+            len(files.run.episodes) >= SEGMENTS_PER_RUN
+            or files.run.bytes + pending[files.name].stat().st_size >= files.cap_bytes)])
 
         row: dict[str, Any] = {"episode_index": episode_index, "tasks": sorted({f["task"] for f in self.buffer}),
                                "length": n}
@@ -345,26 +350,54 @@ class DatasetWriter:
         return {f"{files.name}/chunk_index": location[0], f"{files.name}/file_index": location[1]}
 
     def _close_runs(self, closing: list[EpisodeFiles]) -> None:
-        """Join each run into its reserved file, point its episodes there, then delete its segments."""
+        """Join each run into its reserved file, then switch its episodes there (journaled: see the docstring)."""
         if not closing:
             return
-        segments, tables = [], set()
+        joins = []
         for files in closing:
             assert files.run is not None
-            rows = [self.episode_rows[i] for i in files.run.episodes]
-            paths = [files.path(self.root, files.location(row)) for row in rows]
+            paths = [files.path(self.root, files.location(self.episode_rows[i])) for i in files.run.episodes]
             starts = join_segments(paths, files.path(self.root, files.run.reserved), files.video_key is not None)
-            for row, start in zip(rows, starts, strict=True):
-                row[f"{files.name}/chunk_index"], row[f"{files.name}/file_index"] = files.run.reserved
+            joins.append({"files": files.name, "reserved": list(files.run.reserved), "episodes": files.run.episodes,
+                          "starts": starts, "segments": [str(p.relative_to(self.root)) for p in paths]})
+            files.run = None
+        write_json_atomic(self.root / JOIN_JOURNAL, {"joins": joins})
+        self._switch_to_joined(joins)
+
+    def _switch_to_joined(self, joins: list[dict[str, Any]]) -> None:
+        """Point the joined episodes at their files, delete the segments, then the journal. Idempotent."""
+        kinds = {files.name: files for files in self._all_files()}
+        tables = set()
+        for join in joins:
+            files = kinds[join["files"]]
+            for episode, start in zip(join["episodes"], join["starts"], strict=True):
+                row = self.episode_rows[episode]
+                row[f"{files.name}/chunk_index"], row[f"{files.name}/file_index"] = join["reserved"]
                 if files.video_key is not None:
                     row[f"{files.name}/from_timestamp"] = start
                     row[f"{files.name}/to_timestamp"] = start + row["length"] / self.fps
                 tables.add(self._metadata_location(row))
-            segments += paths
-            files.run = None
-        self._write_episode_rows(tables)  # one file (runs never span two): the switch is atomic
-        for path in segments:
-            path.unlink()
+        self._write_episode_rows(tables)
+        for join in joins:
+            for segment in join["segments"]:
+                (self.root / segment).unlink(missing_ok=True)
+        (self.root / JOIN_JOURNAL).unlink()
+
+    def _finish_interrupted_joins(self) -> None:
+        """A journal means a kill came while joined runs were being switched: finish the switch."""
+        journal = self.root / JOIN_JOURNAL
+        if not journal.exists():
+            return
+        try:
+            joins = json.loads(journal.read_text())["joins"]
+            kinds = {files.name for files in self._all_files()}
+            if not all(j["files"] in kinds and max(j["episodes"]) < len(self.episode_rows) for j in joins):
+                raise ValueError("it names files or episodes this dataset does not have")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{journal}: unreadable join journal ({exc}). Fix: restore the dataset from a "
+                               "copy; the journal is written only while a writer joins files") from exc
+        logger.warning("%s: finishing the file joins a killed writer had started", journal)
+        self._switch_to_joined(joins)
 
     # ---- the episode table ---------------------------------------------------------------------------------
     @staticmethod
