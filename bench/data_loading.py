@@ -2,8 +2,11 @@
 
 Two AV1 datasets (96x96 and 480x640, textured frames so decoding costs what real cameras cost), two sample
 shapes (Diffusion: 2 frames + 2 states + 16 actions; ACT: 1 frame + 100 actions), DataLoader with shuffling,
-batch 8. robotrain runs with the frame cache (built once, timed separately) and without it (on-the-fly decoding).
-Prints samples/s, the ratio to the peer, the cache's disk size and build time, and peak RSS.
+batch 8 (robotrain's side with its collate_fn, as `robotrain train` loads). robotrain runs with the frame cache
+(built once, timed separately) and without it (on-the-fly decoding). Prints samples/s, the ratio to the peer, the
+cache's disk size and build time, and peak RSS. "Decoder ceiling": the highest ratio any loader could reach without
+the frame cache, from decoder_floor_samples_per_s (only the AV1 decoding each sample needs, one decoder thread per
+core) over the peer's samples/s.
 `--existing ROOT` adds datasets already on disk (e.g. one `robotrain dataset record-sim` wrote from a simulator's
 rendered camera), measured the same way; `--sizes` with no value skips the generated ones.
 
@@ -67,16 +70,19 @@ def delta_timestamps(policy: str, fps: int, cameras: list[str]) -> dict[str, lis
 
 
 def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size: int = 8,
-            to_float: tuple[str, ...] = ()) -> float:
-    """Samples/s through a shuffled DataLoader; `to_float` cameras arrive as uint8 and are made float in [0, 1]
-    inside the timed loop, as `robotrain train` does after loading (there on the training device)."""
+            to_float: tuple[str, ...] = (), min_seconds: float = 2.0) -> float:
+    """Samples/s through a shuffled DataLoader with robotrain's collate_fn, over `batches` batches and at least
+    `min_seconds` (fast cached loaders finish 40 batches in milliseconds); `to_float` cameras arrive as uint8 and are
+    made float in [0, 1] inside the timed loop, as `robotrain train` does after loading (there on the device)."""
+    from robotrain.datasets.loader import collate
+
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(0),
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(0),
                                          persistent_workers=workers > 0)
     it = iter(loader)
     next(it)  # warm-up: worker start, decoder open
-    start, n = time.perf_counter(), 0
-    for _ in range(batches):
+    start, n, done = time.perf_counter(), 0, 0
+    while done < batches or time.perf_counter() - start < min_seconds:
         try:
             batch = next(it)
         except StopIteration:
@@ -85,7 +91,55 @@ def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size
         for key in to_float:
             batch[key] = batch[key].float().div_(255)
         n += batch["action"].shape[0]
+        done += 1
     return n / (time.perf_counter() - start)
+
+
+def decoder_floor_samples_per_s(ds, delta: dict[str, list[float]], samples: int = 160, seed: int = 0) -> float:
+    """Samples/s of the least video work any reader must do for random samples on one core: packets already in
+    memory, one dav1d thread (as both tools use), and for each wanted frame only the frames from its keyframe to it
+    (a frame after one decoded for the same sample continues from there). No colour conversion, no copies, no
+    collation. Above the peer's samples/s by a factor F, it caps any loader's ratio at F without the frame cache."""
+    import av
+
+    decoders: dict[Path, tuple[av.codec.CodecContext, list[av.Packet], np.ndarray, np.ndarray]] = {}
+
+    def decoder(path: Path):
+        if path not in decoders:
+            container = av.open(str(path))
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            stream.codec_context.flags |= av.codec.context.Flags.low_delay
+            packets = [p for p in container.demux(stream) if p.size]
+            times = np.array([float(p.pts * stream.time_base) for p in packets])
+            keys = np.array([p.is_keyframe for p in packets])
+            decoders[path] = (stream.codec_context, packets, times, keys)
+        return decoders[path]
+
+    rng = np.random.default_rng(seed)
+    plans = []  # per sample: (codec context, packets, [runs of packet positions to decode])
+    for row in rng.integers(0, len(ds), samples):
+        for key in ds.meta.camera_keys:
+            offsets = torch.tensor([round(d * ds.fps) for d in delta.get(key, [0.0])])
+            rows, _ = ds.query_rows(int(row), offsets)
+            path, wanted = ds.video_timestamps(key, sorted(set(rows.tolist())))
+            ctx, packets, times, keys = decoder(path)
+            runs, position = [], -1
+            for t in wanted:
+                target = int(np.argmin(np.abs(times - t)))
+                keyframe = int(np.flatnonzero(keys[: target + 1])[-1])
+                first = position + 1 if keyframe <= position < target else keyframe
+                runs.append(range(first, target + 1))
+                position = target
+            plans.append((ctx, packets, runs))
+    started = time.perf_counter()
+    for ctx, packets, runs in plans:
+        for run in runs:
+            if run.start == 0 or packets[run.start].is_keyframe:
+                ctx.flush_buffers()  # a jump: the decoder starts again at a keyframe
+            for i in run:
+                ctx.decode(packets[i])
+    return samples / (time.perf_counter() - started)
 
 
 def peer_samples_per_s(root: Path, policy: str, workers: int, batches: int) -> float:
@@ -99,6 +153,7 @@ def peer_samples_per_s(root: Path, policy: str, workers: int, batches: int) -> f
 def run(args: argparse.Namespace, work: Path) -> list[str]:
     from robotrain.datasets import LeRobotDataset
     from robotrain.datasets.frames import FrameCache
+    from robotrain.datasets.loader import cpu_count
 
     os.environ["ROBOTRAIN_CACHE_DIR"] = str(work / "cache")
     rows = []
@@ -122,6 +177,7 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
         rows.append(f"dataset {name} ({origin}): {meta.total_frames} frames, {meta.total_episodes} episodes, videos "
                     f"{video_mb:.1f} MiB ({video_mb * 2**10 / meta.total_frames / len(meta.camera_keys):.1f} KiB per "
                     f"frame); frame cache {cache_mb:.0f} MiB on disk, built in {build_s:.1f} s")
+        floors: dict[str, float] = {}
         for policy in ("diffusion", "act"):
             delta = delta_timestamps(policy, meta.fps, meta.camera_keys)
             for workers in args.workers:
@@ -131,10 +187,17 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
                 as_trained = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="on",
                                                     return_uint8=True), workers, args.batches,
                                      to_float=tuple(meta.camera_keys))
-                decoded = measure(LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off"),
-                                  workers, args.batches)
+                decoding = LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off")
+                decoded = measure(decoding, workers, args.batches)
+                decoded_as_trained = measure(
+                    LeRobotDataset("bench/data", root=root, delta_timestamps=delta, frame_cache="off",
+                                   return_uint8=True), workers, args.batches, to_float=tuple(meta.camera_keys))
+                if policy not in floors:
+                    floors[policy] = decoder_floor_samples_per_s(decoding, delta)
+                ceiling = floors[policy] * min(max(workers, 1), cpu_count()) / peer
                 rows.append(f"| {name} | {policy} | {workers} | {peer:.1f} | {cached:.1f} | {cached / peer:.1f}x | "
-                            f"{as_trained:.1f} | {as_trained / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x |")
+                            f"{as_trained:.1f} | {as_trained / peer:.1f}x | {decoded:.1f} | {decoded / peer:.2f}x | "
+                            f"{decoded_as_trained:.1f} | {decoded_as_trained / peer:.2f}x | {ceiling:.2f}x |")
                 print(rows[-1], flush=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(f"peak RSS of the robotrain benchmark process: {rss_mb:.0f} MiB")
@@ -157,8 +220,9 @@ def main() -> int:
         assert reuse_freed_memory(), "glibc's mallopt is not available here"
     ensure_peer()
     print("| dataset | sample | workers | lerobot samples/s | robotrain cached | ratio | robotrain cached, uint8 "
-          "(as train loads) | ratio | robotrain decoding | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "(as train loads) | ratio | robotrain decoding | ratio | decoding, uint8 (as train loads) | ratio | "
+          "decoder ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         rows = run(args, args.out)

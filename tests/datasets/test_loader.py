@@ -29,3 +29,28 @@ def test_loader_with_workers_yields_right_batches(tmp_path):
     assert states.tolist() == [[e, i] for e in range(2) for i in range(6)]
     assert batches[0]["observation.image"].shape == (4, 3, 32, 48)
     assert batches[1]["action_is_pad"][1].tolist() == [False, True]  # row 5: the episode's last frame
+
+
+def test_batches_keep_the_frames_memory_layout_and_equal_default_collate(tmp_path):
+    """Frames are (C, H, W) views of (H, W, C) pixels; batching them as they lie in memory avoids a transposing
+    copy (in workers too, where the batch goes to shared memory) and must give the same values."""
+    root = record(tmp_path / "ds", [6, 6])
+    ds = LeRobotDataset("test/synthetic", root=root, return_uint8=True,
+                        delta_timestamps={"observation.image": [-0.1, 0.0], "action": [0.0, 0.1]})
+    plain = LeRobotDataset("test/synthetic", root=root, return_uint8=True)
+    for dataset, key_shape in ((ds, (4, 2, 3, 32, 48)), (plain, (4, 3, 32, 48))):
+        for workers in (0, 2):
+            options = loader_options(dataset, num_workers=workers)
+            ours = list(torch.utils.data.DataLoader(dataset, batch_size=4, **options))
+            options.pop("collate_fn")
+            reference = list(torch.utils.data.DataLoader(dataset, batch_size=4, **options))
+            for mine, theirs in zip(ours, reference, strict=True):
+                assert mine.keys() == theirs.keys()
+                for key, value in mine.items():
+                    if isinstance(value, torch.Tensor):
+                        assert torch.equal(value, theirs[key]), key
+                    else:
+                        assert value == theirs[key], key
+                image = mine["observation.image"]
+                assert image.shape == key_shape and not image.is_contiguous()
+                assert image.movedim(-3, -1).is_contiguous(), "pixels stay channel-last in memory"
