@@ -111,6 +111,24 @@ def test_a_full_disk_is_reported_before_training(workdir, dataset, monkeypatch, 
     assert not run.exists()
 
 
+def test_frame_cache_flag_decides_whether_frames_are_cached(workdir, dataset, monkeypatch, capsys):
+    """off: no cache is written; on: a cache that does not fit stops with the fix, one that fits is built."""
+    from robotrain.datasets import frames
+
+    cache_root = Path(os.environ["ROBOTRAIN_CACHE_DIR"]) / "frames"
+    shutil.rmtree(cache_root, ignore_errors=True)  # the module's dataset may be cached by an earlier test
+    assert run_train(dataset, "act", "--steps=2", "--dataset.frame_cache=off", "--output_dir=off") == 0
+    assert not list(cache_root.rglob("*.u8")), "off decodes on the fly and writes no cache"
+    with monkeypatch.context() as patch:
+        patch.setattr(frames, "cache_budget", lambda directory: 10)
+        assert run_train(dataset, "act", "--steps=2", "--dataset.frame_cache=on", "--output_dir=on") != 0
+    assert not (workdir / "on").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--dataset.frame_cache=off" in errors[0], errors
+    assert run_train(dataset, "act", "--steps=2", "--dataset.frame_cache=on", "--output_dir=on2") == 0
+    assert len(list(cache_root.rglob("*.u8"))) == 1
+
+
 def test_fine_tuning_on_other_features_needs_adapt_features(workdir, dataset, tmp_path, capsys):
     run = workdir / "run"
     assert run_train(dataset, "act", "--steps=2", f"--output_dir={run}") == 0

@@ -10,6 +10,7 @@ from robotrain.errors import ConfigError
 from robotrain.hub import is_valid_repo_id
 
 VIDEO_BACKENDS = ("pyav", "torchcodec")
+FRAME_CACHE_MODES = ("auto", "on", "off")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -74,6 +75,9 @@ class DatasetConfig:
     """Video decoder: pyav (bundled with PyAV) or torchcodec (if installed)."""
     use_imagenet_stats: bool = True
     """Normalize cameras with ImageNet mean/std instead of the dataset's (suits pretrained backbones)."""
+    frame_cache: str = "auto"
+    """Decoded-frame cache (robotrain): auto (used when it fits half the free memory and disk), on (build it or stop
+    with the sizes), off (decode video on the fly)."""
 
     def validate(self) -> None:
         if not is_valid_repo_id(self.repo_id):
@@ -91,6 +95,10 @@ class DatasetConfig:
             if not self.episodes:
                 raise ConfigError("episodes", self.episodes, "selects no episode",
                                   "list at least one index, or use null for all episodes")
+        if self.frame_cache not in FRAME_CACHE_MODES:
+            raise ConfigError("frame_cache", self.frame_cache,
+                              f"is not a frame cache mode (choose one of {', '.join(FRAME_CACHE_MODES)})",
+                              "use --dataset.frame_cache=auto, on or off")
         if self.video_backend not in VIDEO_BACKENDS:
             raise ConfigError("video_backend", self.video_backend,
                               f"is not a video backend (choose one of {', '.join(VIDEO_BACKENDS)})",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from robotrain.configs.default import FRAME_CACHE_MODES
 from robotrain.datasets.format import DatasetError
 from robotrain.datasets.frame_cache_store import (
     CacheLock,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FRAME_CACHE_MODES = ("auto", "on", "off")
 _DECODERS = DecoderCache()  # one per process; DataLoader workers get their own after fork
 
 
@@ -236,8 +236,8 @@ def make_frame_source(dataset: LeRobotDataset, mode: str) -> FrameSource:
     if needed > budget:
         if mode == "on":
             raise DatasetError(f"the frame cache needs {needed / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
-                               "fit (half the available memory and half the free disk). Fix: frame_cache='off' to "
-                               "decode on the fly")
+                               "fit (half the available memory and half the free disk). Fix: frame_cache='off' "
+                               "(robotrain train: --dataset.frame_cache=off) to decode on the fly, or free space")
         logger.info("frame cache (%.1f GiB) exceeds the budget (%.1f GiB): decoding on the fly",
                     needed / 2**30, budget / 2**30)
         return DecodingSource(dataset)

@@ -51,8 +51,8 @@ def delta_timestamps(policy: PolicyConfig, meta: LeRobotDatasetMetadata) -> dict
 
 
 def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
-    """The training dataset: frames as uint8 (made float on the device), cached when the budget allows, and already
-    at the policy's resize_shape when it has one (Diffusion), so the model's own resize is skipped."""
+    """The training dataset: frames as uint8 (made float on the device), cached as --dataset.frame_cache says, and
+    already at the policy's resize_shape when it has one (Diffusion), so the model's own resize is skipped."""
     if cfg.dataset.image_transforms.enable:
         raise ConfigError("dataset.image_transforms.enable", True, "is not available in this version of robotrain",
                           "drop it (Diffusion Policy crops randomly inside the model already)")
@@ -60,7 +60,8 @@ def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
     return LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
                           delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
                           revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend, return_uint8=True,
-                          frame_cache="auto", meta=meta, frame_size=getattr(cfg.policy, "resize_shape", None))
+                          frame_cache=cfg.dataset.frame_cache, meta=meta,
+                          frame_size=getattr(cfg.policy, "resize_shape", None))
 
 
 def dataset_stats(cfg: TrainConfig, dataset: LeRobotDataset) -> dict[str, dict[str, Any]]:
