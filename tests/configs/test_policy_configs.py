@@ -16,9 +16,9 @@ from robotrain.optim.schedulers import (
     CosineDecayWithWarmupSchedulerConfig,
     DiffuserSchedulerConfig,
     LRSchedulerConfig,
-    VQBeTSchedulerConfig,
 )
 from robotrain.policies import ACTConfig, DiffusionConfig, SmolVLAConfig, TDMPCConfig, VQBeTConfig
+from robotrain.policies.vqbet.configuration import VQBeTSchedulerConfig
 
 
 def test_registered_policy_types():

@@ -8,9 +8,9 @@ import shlex
 import pytest
 
 from robotrain.configs.parser import parse_eval_config, parse_train_config
-from robotrain.configs.train import load_train_config, save_config
+from robotrain.configs.train import load_train_config, policy_names, save_config
 
-POLICIES = ["act", "diffusion", "tdmpc", "vqbet", "smolvla"]
+POLICIES = policy_names()  # every policy with a model
 ENVS = ["", "--env.type=pusht --env.obs_type=environment_state_agent_pos",
         "--env.type=aloha --env.task=AlohaTransferCube-v0", "--env.type=xarm"]
 EXTRA = [

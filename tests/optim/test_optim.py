@@ -12,8 +12,8 @@ from robotrain.optim.schedulers import (
     CosineDecayWithWarmupSchedulerConfig,
     CosineSchedulerConfig,
     DiffuserSchedulerConfig,
-    VQBeTSchedulerConfig,
 )
+from robotrain.policies.vqbet.configuration import VQBeTSchedulerConfig
 
 
 def test_optimizers_build_with_param_groups():

@@ -64,6 +64,17 @@ class PolicyConfig(draccus.ChoiceRegistry):
         """Frame offsets of the rewards one training sample holds (None: rewards unused)."""
         return None
 
+    @property
+    def sample_end_margin(self) -> int:
+        """Frames at the end of each episode that never start a training sample (0: every frame does)."""
+        return 0
+
+    @property
+    def camera_frame_size(self) -> tuple[int, int] | None:
+        """(height, width) the policy resizes camera frames to, so the dataset delivers and caches them at that size
+        (None: frames keep their size)."""
+        return None
+
     def get_optimizer_preset(self) -> OptimizerConfig:
         """The optimizer this policy trains with when --use_policy_training_preset=true."""
         raise NotImplementedError

@@ -12,13 +12,13 @@ from typing import Any
 import draccus
 
 import robotrain.envs  # noqa: F401  (registers --env.type choices)
-import robotrain.policies  # noqa: F401  (registers --policy.type choices)
 from robotrain.configs.default import DatasetConfig, EvalConfig, WandBConfig
 from robotrain.configs.policies import PolicyConfig
 from robotrain.envs.configs import EnvConfig
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import OptimizerConfig
 from robotrain.optim.schedulers import LRSchedulerConfig
+from robotrain.policies.registry import policy_spec, policy_specs
 
 TRAIN_CONFIG_NAME = "train_config.json"
 POLICY_CONFIG_NAME = "config.json"
@@ -37,7 +37,7 @@ class TrainConfig:
     env: EnvConfig | None = None
     """Simulation env for evaluation during training (--env.type=pusht|aloha|xarm); null: no sim eval."""
     policy: PolicyConfig | None = None
-    """The policy: --policy.type=act|diffusion|tdmpc|vqbet|smolvla, or --policy.path=DIR to fine-tune."""
+    """The policy: --policy.type=<name> (--help lists them), or --policy.path=DIR to fine-tune."""
     output_dir: Path | None = None
     """Where checkpoints, logs and plots go; default outputs/train/<date>/<time>_<job_name>."""
     job_name: str | None = None
@@ -69,7 +69,7 @@ class TrainConfig:
     optimizer: OptimizerConfig | None = None
     """Optimizer when the preset is off: --optimizer.type=adam|adamw|sgd."""
     scheduler: LRSchedulerConfig | None = None
-    """LR schedule when the preset is off: --scheduler.type=diffuser|cosine|vqbet|cosine_decay_with_warmup."""
+    """LR schedule when the preset is off: --scheduler.type=<name> (--help lists them)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Simulation evaluation settings."""
     wandb: WandBConfig = field(default_factory=WandBConfig)
@@ -110,6 +110,11 @@ class EvalPipelineConfig:
     """Seed of the first episode; episode i uses seed + i."""
 
 
+def policy_names() -> list[str]:
+    """The --policy.type values that have a model."""
+    return sorted(name for name, spec in policy_specs().items() if spec.model is not None)
+
+
 def default_output_dir(kind: str, job_name: str, now: dt.datetime | None = None) -> Path:
     """outputs/<kind>/YYYY-MM-DD/HH-MM-SS_<job_name>, as LeRobot names runs."""
     now = now or dt.datetime.now()
@@ -124,8 +129,9 @@ def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume_checkpoin
     """Fill derived fields (presets, job name, output dir) and apply the rules that span fields or touch disk."""
     if cfg.policy is None:
         raise ConfigError("policy.type", None, "no policy chosen",
-                          "add --policy.type=act (or diffusion, tdmpc, vqbet, smolvla), or --policy.path=DIR "
-                          "to fine-tune a trained policy")
+                          f"add --policy.type=<{'|'.join(policy_names())}>, or --policy.path=DIR to fine-tune a "
+                          "trained policy")
+    policy_spec(cfg.policy.type).check_has_model()
     _apply_training_preset(cfg, cli_flags)
     cfg.job_name = cfg.job_name or (f"{cfg.env.type}_{cfg.policy.type}" if cfg.env else cfg.policy.type)
     if cfg.resume:
@@ -186,6 +192,7 @@ def resolve_eval_config(cfg: EvalPipelineConfig) -> EvalPipelineConfig:
     if cfg.policy is None:
         raise ConfigError("policy.path", None, "no policy to evaluate",
                           "add --policy.path=<run>/checkpoints/last/pretrained_model (or a Hub id)")
+    policy_spec(cfg.policy.type).check_has_model()
     cfg.job_name = cfg.job_name or f"{cfg.env.type}_{cfg.policy.type}"
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir("eval", cfg.job_name)

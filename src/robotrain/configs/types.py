@@ -33,3 +33,21 @@ class PolicyFeature:
 
     type: FeatureType
     shape: tuple[int, ...]
+
+
+# Batch keys, as LeRobot names them: every module that reads or writes a batch uses these names.
+OBS_PREFIX = "observation."
+OBS_STATE = "observation.state"
+OBS_ENV_STATE = "observation.environment_state"
+OBS_IMAGE = "observation.image"  # the single camera of PushT and xArm
+OBS_IMAGES = "observation.images"  # named cameras are observation.images.<camera>
+ACTION = "action"
+REWARD = "next.reward"
+DONE = "next.done"
+SUCCESS = "next.success"
+TASK = "task"
+
+
+def pad_key(key: str) -> str:
+    """The mask a sample carries beside a time-stacked feature: True where a step lies outside its episode."""
+    return f"{key}_is_pad"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robotrain.configs.types import ACTION, OBS_STATE, REWARD
 from robotrain.datasets.dataset import LeRobotDataset, decode_png
 from robotrain.datasets.format import DatasetError
 from robotrain.datasets.inspect import flatten_names
@@ -30,7 +31,7 @@ from robotrain.datasets.video import VideoDecoder, VideoEncoding, encode_video
 logger = logging.getLogger(__name__)
 
 MAX_VIDEO_WIDTH = 320  # px: plenty to see what the robot does, and keeps the page a few MB
-PLOTTED_KEYS = ("observation.state", "action", "next.reward")
+PLOTTED_KEYS = (OBS_STATE, ACTION, REWARD)
 PLOT_WIDTH, PLOT_HEIGHT = 760, 240
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 40  # plot margins (px) for tick labels and axis titles
 MAX_PLOT_POINTS = 2000  # per line: more adds bytes, not detail, at PLOT_WIDTH px

@@ -11,10 +11,8 @@ from typing import Any, ClassVar
 
 import draccus
 
-from robotrain.configs.types import FeatureType, PolicyFeature
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_IMAGE, OBS_IMAGES, OBS_STATE, FeatureType, PolicyFeature
 from robotrain.errors import ConfigError, did_you_mean
-
-ACTION = "action"
 
 
 @dataclass
@@ -116,18 +114,18 @@ class PushtEnv(EnvConfig):
 
     @property
     def features(self) -> dict[str, PolicyFeature]:
-        feats = {"observation.state": PolicyFeature(FeatureType.STATE, (2,))}
+        feats = {OBS_STATE: PolicyFeature(FeatureType.STATE, (2,))}
         if self.obs_type == "pixels_agent_pos":
-            feats["observation.image"] = PolicyFeature(FeatureType.VISUAL, (3, 96, 96))
+            feats[OBS_IMAGE] = PolicyFeature(FeatureType.VISUAL, (3, 96, 96))
         else:
-            feats["observation.environment_state"] = PolicyFeature(FeatureType.ENV, (16,))
+            feats[OBS_ENV_STATE] = PolicyFeature(FeatureType.ENV, (16,))
         feats[ACTION] = PolicyFeature(FeatureType.ACTION, (2,))
         return feats
 
     @property
     def features_map(self) -> dict[str, str]:
-        return {"pixels": "observation.image", "agent_pos": "observation.state",
-                "environment_state": "observation.environment_state", ACTION: ACTION}
+        return {"pixels": OBS_IMAGE, "agent_pos": OBS_STATE,
+                "environment_state": OBS_ENV_STATE, ACTION: ACTION}
 
     @property
     def gym_kwargs(self) -> dict[str, Any]:
@@ -159,17 +157,17 @@ class AlohaEnv(EnvConfig):
 
     @property
     def features(self) -> dict[str, PolicyFeature]:
-        feats = {"observation.images.top": PolicyFeature(FeatureType.VISUAL, (3, 480, 640))}
+        feats = {f"{OBS_IMAGES}.top": PolicyFeature(FeatureType.VISUAL, (3, 480, 640))}
         if self.obs_type == "pixels_agent_pos":
-            feats["observation.state"] = PolicyFeature(FeatureType.STATE, (14,))
+            feats[OBS_STATE] = PolicyFeature(FeatureType.STATE, (14,))
         feats[ACTION] = PolicyFeature(FeatureType.ACTION, (14,))
         return feats
 
     @property
     def features_map(self) -> dict[str, str]:
         # gym-aloha nests the camera under "pixels" with pixels_agent_pos and puts it at the top level with pixels.
-        return {"pixels/top": "observation.images.top", "top": "observation.images.top",
-                "agent_pos": "observation.state", ACTION: ACTION}
+        return {"pixels/top": f"{OBS_IMAGES}.top", "top": f"{OBS_IMAGES}.top",
+                "agent_pos": OBS_STATE, ACTION: ACTION}
 
 
 @EnvConfig.register_subclass("xarm")
@@ -206,15 +204,15 @@ class XarmEnv(EnvConfig):
 
     @property
     def features(self) -> dict[str, PolicyFeature]:
-        feats = {"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 84, 84))}
+        feats = {OBS_IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 84, 84))}
         if self.obs_type == "pixels_agent_pos":
-            feats["observation.state"] = PolicyFeature(FeatureType.STATE, (4,))
+            feats[OBS_STATE] = PolicyFeature(FeatureType.STATE, (4,))
         feats[ACTION] = PolicyFeature(FeatureType.ACTION, (4,))
         return feats
 
     @property
     def features_map(self) -> dict[str, str]:
-        return {"pixels": "observation.image", "agent_pos": "observation.state", ACTION: ACTION}
+        return {"pixels": OBS_IMAGE, "agent_pos": OBS_STATE, ACTION: ACTION}
 
     @property
     def gym_kwargs(self) -> dict[str, Any]:

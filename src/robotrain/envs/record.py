@@ -31,14 +31,14 @@ from typing import Any
 import draccus
 import numpy as np
 
-from robotrain.configs.types import FeatureType
+from robotrain.configs.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS, FeatureType
 from robotrain.datasets.format import INFO_PATH, write_json_atomic
 from robotrain.datasets.hub import local_dataset_dir
 from robotrain.datasets.metadata import read_info
 from robotrain.datasets.video import VideoEncoding
 from robotrain.datasets.writer import DatasetWriter
 from robotrain.envs import experts
-from robotrain.envs.configs import ACTION, EnvConfig
+from robotrain.envs.configs import EnvConfig
 from robotrain.envs.experts import Demonstration, Expert
 from robotrain.errors import ConfigError, UserError
 from robotrain.hub import is_valid_repo_id
@@ -49,17 +49,16 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_PATH = "meta/record_sim.json"
 VCODECS = ("libsvtav1", "av1", "h264", "libx264", "hevc", "libx265")
-REWARD, SUCCESS, DONE = "next.reward", "next.success", "next.done"
 
 _ALOHA_JOINTS = [f"{side}_{joint}" for side in ("left", "right")
                  for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")]
 # Per-dimension names stored in info.json (LeRobot's ALOHA datasets name the 14 joints the same way).
 VECTOR_NAMES: dict[tuple[str, str], list[str]] = {
-    ("aloha", "observation.state"): _ALOHA_JOINTS,
+    ("aloha", OBS_STATE): _ALOHA_JOINTS,
     ("aloha", ACTION): _ALOHA_JOINTS,
-    ("pusht", "observation.state"): ["x", "y"],
+    ("pusht", OBS_STATE): ["x", "y"],
     ("pusht", ACTION): ["x", "y"],
-    ("pusht", "observation.environment_state"): [f"keypoint_{i}_{axis}" for i in range(8) for axis in "xy"],
+    ("pusht", OBS_ENV_STATE): [f"keypoint_{i}_{axis}" for i in range(8) for axis in "xy"],
 }
 
 

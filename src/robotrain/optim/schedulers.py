@@ -1,8 +1,8 @@
 """Learning-rate schedule configs; `build(optimizer, num_training_steps)` makes a LambdaLR stepped once per step.
 
-The schedules are written here (no diffusers dependency) and follow the published formulas:
+The schedules are written here (no diffusers dependency) and follow the published formulas (a policy's own
+schedule lives in its folder, e.g. VQ-BeT's `vqbet`):
 - `diffuser` / `cosine`: linear warmup from 0, then half a cosine to 0 (diffusers' get_cosine_schedule_with_warmup).
-- `vqbet`: constant while the VQ-VAE trains, then warmup and cosine (VQ-BeT's schedule).
 - `cosine_decay_with_warmup`: openpi's warmup then cosine to decay_lr, rescaled when the run is shorter.
 """
 
@@ -49,7 +49,7 @@ class LRSchedulerConfig(draccus.ChoiceRegistry):
             raise ConfigError("num_warmup_steps", self.num_warmup_steps, "cannot be negative", "use 0 or more")
 
 
-def _warmup_then(warmup: int, after: Callable[[int], float]) -> Callable[[int], float]:
+def warmup_then(warmup: int, after: Callable[[int], float]) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return step / max(1, warmup)
@@ -58,12 +58,12 @@ def _warmup_then(warmup: int, after: Callable[[int], float]) -> Callable[[int], 
     return factor
 
 
-def _cosine_to_zero(warmup: int, total: int, num_cycles: float = 0.5) -> Callable[[int], float]:
+def cosine_to_zero(warmup: int, total: int, num_cycles: float = 0.5) -> Callable[[int], float]:
     def after(step: int) -> float:
         progress = (step - warmup) / max(1, total - warmup)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 2.0 * num_cycles * progress)))
 
-    return _warmup_then(warmup, after)
+    return warmup_then(warmup, after)
 
 
 @LRSchedulerConfig.register_subclass("diffuser")
@@ -77,12 +77,12 @@ class DiffuserSchedulerConfig(LRSchedulerConfig):
     def lr_lambda(self, num_training_steps: int) -> Callable[[int], float]:
         warmup = self.num_warmup_steps or 0
         if self.name == "cosine":
-            return _cosine_to_zero(warmup, num_training_steps)
+            return cosine_to_zero(warmup, num_training_steps)
         if self.name == "linear":
             remaining = max(1, num_training_steps - warmup)
-            return _warmup_then(warmup, lambda s: max(0.0, (num_training_steps - s) / remaining))
+            return warmup_then(warmup, lambda s: max(0.0, (num_training_steps - s) / remaining))
         if self.name == "constant_with_warmup":
-            return _warmup_then(warmup, lambda s: 1.0)
+            return warmup_then(warmup, lambda s: 1.0)
         return lambda s: 1.0
 
     def validate(self) -> None:
@@ -103,26 +103,7 @@ class CosineSchedulerConfig(LRSchedulerConfig):
     """Cosine periods over the decay; 0.5 decays once from the peak to 0."""
 
     def lr_lambda(self, num_training_steps: int) -> Callable[[int], float]:
-        return _cosine_to_zero(self.num_warmup_steps or 0, num_training_steps, self.num_cycles)
-
-
-@LRSchedulerConfig.register_subclass("vqbet")
-@dataclass
-class VQBeTSchedulerConfig(LRSchedulerConfig):
-    """Constant lr while the VQ-VAE trains, then linear warmup and cosine decay (VQ-BeT)."""
-
-    num_warmup_steps: int | None = 500
-    """Warmup steps after the VQ-VAE phase."""
-    num_vqvae_training_steps: int = 20000
-    """Steps of the first phase (VQ-VAE training) with a constant factor of 1."""
-    num_cycles: float = 0.5
-    """Cosine periods over the decay."""
-
-    def lr_lambda(self, num_training_steps: int) -> Callable[[int], float]:
-        warmup, vq = self.num_warmup_steps or 0, self.num_vqvae_training_steps
-        # Progress is measured against the whole run, as VQ-BeT's reference schedule does.
-        cosine = _cosine_to_zero(warmup, num_training_steps, self.num_cycles)
-        return lambda step: 1.0 if step < vq else cosine(step - vq)
+        return cosine_to_zero(self.num_warmup_steps or 0, num_training_steps, self.num_cycles)
 
 
 @LRSchedulerConfig.register_subclass("cosine_decay_with_warmup")

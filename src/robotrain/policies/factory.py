@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robotrain.configs.policies import PolicyConfig
-from robotrain.configs.types import FeatureType, PolicyFeature
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_PREFIX, FeatureType, PolicyFeature
 from robotrain.devices import resolve_device
 from robotrain.errors import UserError
 from robotrain.policies.base import locate_pretrained
 from robotrain.policies.normalize import Normalizer
+from robotrain.policies.registry import policy_spec
 
 if TYPE_CHECKING:
     from robotrain.datasets.metadata import LeRobotDatasetMetadata
@@ -23,21 +23,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# type -> (module, class). A model is imported only when its type is used.
-POLICY_CLASSES = {
-    "act": ("robotrain.policies.act.modeling", "ACTPolicy"),
-    "diffusion": ("robotrain.policies.diffusion.modeling", "DiffusionPolicy"),
-}
-
-
 def get_policy_class(policy_type: str) -> type[Policy]:
-    """The Policy subclass of a `--policy.type` name."""
-    if policy_type not in POLICY_CLASSES:
-        available = ", ".join(POLICY_CLASSES)
-        raise UserError(f"--policy.type={policy_type}: this version of robotrain can configure it but has no model "
-                        f"for it yet (models: {available}). Fix: use --policy.type=act or --policy.type=diffusion")
-    module, name = POLICY_CLASSES[policy_type]
-    return getattr(importlib.import_module(module), name)
+    """The Policy subclass of a `--policy.type` name (imported on first use)."""
+    return policy_spec(policy_type).policy_class()
 
 
 def dataset_to_policy_features(features: Mapping[str, Mapping[str, Any]]) -> dict[str, PolicyFeature]:
@@ -50,11 +38,11 @@ def dataset_to_policy_features(features: Mapping[str, Mapping[str, Any]]) -> dic
             if len(shape) == 3 and len(names) == 3 and names[2] in ("channel", "channels"):
                 shape = (shape[2], shape[0], shape[1])  # stored HWC; models take CHW
             out[key] = PolicyFeature(FeatureType.VISUAL, shape)
-        elif key == "observation.environment_state":
+        elif key == OBS_ENV_STATE:
             out[key] = PolicyFeature(FeatureType.ENV, shape)
-        elif key.startswith("observation."):
+        elif key.startswith(OBS_PREFIX):
             out[key] = PolicyFeature(FeatureType.STATE, shape)
-        elif key == "action":
+        elif key == ACTION:
             out[key] = PolicyFeature(FeatureType.ACTION, shape)
     return out
 
@@ -149,7 +137,7 @@ def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool, need_
         return
     # Keep every tensor whose shape still fits; layers fed by changed features keep their fresh initialization.
     # A LeRobot checkpoint's names are mapped first, or its Diffusion backbone would not fit by name.
-    saved = map_lerobot_weight_names(load_file(str(directory / WEIGHTS_NAME)))
+    saved = map_lerobot_weight_names(load_file(str(directory / WEIGHTS_NAME)), policy.config.type)
     own = policy.state_dict()
     fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     policy.load_state_dict(fitting, strict=False)

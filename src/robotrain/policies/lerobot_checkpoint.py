@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,6 @@ PASSIVE_STEPS = {"rename_observations_processor", "to_batch_processor", "device_
 # LeRobot <= 0.3's statistics modules inside model.safetensors (LeRobot 0.4 itself refuses such a file).
 LEGACY_INPUTS, LEGACY_TARGETS, LEGACY_OUTPUTS = "normalize_inputs", "normalize_targets", "unnormalize_outputs"
 LEGACY_PREFIXES = tuple(f"{module}." for module in (LEGACY_INPUTS, LEGACY_TARGETS, LEGACY_OUTPUTS))
-# LeRobot's Diffusion backbone is nn.Sequential(*resnet.children()[:-2]): children by index, not by name.
-_DIFFUSION_BACKBONE = re.compile(r"^(diffusion\.rgb_encoder(?:\.\d+)?\.backbone)\.(\d+)\.")
-_RESNET_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-# LeRobot saves Diffusion's spatial-softmax coordinate grid; robotrain rebuilds it from the config.
-_DIFFUSION_GRID = re.compile(r"^diffusion\.rgb_encoder(?:\.\d+)?\.pool\.pos_grid$")
 
 
 def needs_lerobot_loader(policy: nn.Module, weights: Path) -> bool:
@@ -81,7 +75,8 @@ def load_lerobot_checkpoint(policy: nn.Module, weights: Path, strict: bool = Tru
     state = load_file(str(weights))
     stats = read_checkpoint_stats(policy, weights, state) if need_stats else None
     try:
-        missing, unexpected = policy.load_state_dict(map_lerobot_weight_names(state), strict=False)
+        missing, unexpected = policy.load_state_dict(map_lerobot_weight_names(state, policy.config.type),
+                                                    strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise UserError(f"{weights} does not fit this policy's architecture: {str(exc).splitlines()[-1].strip()}. "
                         "Fix: load it with the config.json saved beside it") from None
@@ -112,19 +107,15 @@ def read_checkpoint_stats(policy: nn.Module, weights: Path,
     return read_lerobot_stats(weights.parent, policy)
 
 
-def map_lerobot_weight_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A LeRobot model.safetensors' tensors under robotrain's names: ACT's are the same, Diffusion's backbone children
-    are numbered; its spatial-softmax grid and LeRobot <= 0.3's statistics buffers are left out (robotrain rebuilds
-    the one and reads the other with read_legacy_stats). A robotrain state dict passes unchanged."""
-    out = {}
-    for name, tensor in state.items():
-        if _DIFFUSION_GRID.match(name) or name.startswith(LEGACY_PREFIXES):
-            continue
-        match = _DIFFUSION_BACKBONE.match(name)
-        if match and match.group(2) in _RESNET_CHILDREN:
-            name = f"{match.group(1)}.{_RESNET_CHILDREN[match.group(2)]}.{name[match.end():]}"
-        out[name] = tensor
-    return out
+def map_lerobot_weight_names(state: dict[str, torch.Tensor], policy_type: str) -> dict[str, torch.Tensor]:
+    """A LeRobot model.safetensors' tensors under robotrain's names: LeRobot <= 0.3's statistics buffers are left
+    out (read_legacy_stats reads them), the rest is renamed as the policy's registry entry says. A robotrain state
+    dict passes unchanged."""
+    from robotrain.policies.registry import policy_spec
+
+    weights = {name: tensor for name, tensor in state.items() if not name.startswith(LEGACY_PREFIXES)}
+    rename = policy_spec(policy_type).lerobot_weight_names
+    return rename(weights) if rename is not None else weights
 
 
 def read_legacy_stats(weights: Path, state: dict[str, torch.Tensor],

@@ -14,6 +14,7 @@ import torch
 
 from robotrain.configs.policies import PolicyConfig
 from robotrain.configs.train import TrainConfig
+from robotrain.configs.types import ACTION, OBS_PREFIX, REWARD
 from robotrain.datasets.dataset import LeRobotDataset
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
 from robotrain.errors import ConfigError, UserError
@@ -37,11 +38,11 @@ def delta_timestamps(policy: PolicyConfig, meta: LeRobotDatasetMetadata) -> dict
     """The time offsets (seconds) each sample holds, from the policy's frame offsets and the dataset's fps."""
     out = {}
     for key in meta.features:
-        if key == "next.reward":
+        if key == REWARD:
             indices = policy.reward_delta_indices
-        elif key == "action":
+        elif key == ACTION:
             indices = policy.action_delta_indices
-        elif key.startswith("observation."):
+        elif key.startswith(OBS_PREFIX):
             indices = policy.observation_delta_indices
         else:
             indices = None
@@ -61,7 +62,7 @@ def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
                           delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
                           revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend, return_uint8=True,
                           frame_cache=cfg.dataset.frame_cache, meta=meta,
-                          frame_size=getattr(cfg.policy, "resize_shape", None))
+                          frame_size=cfg.policy.camera_frame_size)
 
 
 def dataset_stats(cfg: TrainConfig, dataset: LeRobotDataset) -> dict[str, dict[str, Any]]:

@@ -105,7 +105,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("resuming from step %d (%s)", step, cfg.checkpoint_path)
 
     starts, ends = dataset.episode_bounds()
-    sampler = EpisodeAwareSampler(starts, ends, drop_n_last_frames=getattr(cfg.policy, "drop_n_last_frames", 0),
+    sampler = EpisodeAwareSampler(starts, ends, drop_n_last_frames=cfg.policy.sample_end_margin,
                                   seed=cfg.seed or 0)
     sampler.load_state_dict(sampler.state_after(samples))
     loader = make_loader(cfg, dataset, sampler, device)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import PolicyConfig, check_at_most, check_choice, check_positive, check_resnet
-from robotrain.configs.types import FeatureType, NormalizationMode
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, FeatureType, NormalizationMode
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamWConfig
 
 
-@PolicyConfig.register_subclass("act")
 @dataclass
 class ACTConfig(PolicyConfig):
     """ACT: a CVAE whose transformer decoder predicts a chunk of future actions from cameras and state."""
@@ -104,12 +103,12 @@ class ACTConfig(PolicyConfig):
 
     def validate_features(self) -> None:
         """ACT needs an action vector and at least one camera or an environment state to look at."""
-        action = self.output_features.get("action")
+        action = self.output_features.get(ACTION)
         if action is None or action.type is not FeatureType.ACTION or len(action.shape) != 1:
             raise ConfigError("policy.output_features", sorted(self.output_features),
                               "ACT predicts a 1-D 'action' feature, which is missing",
                               "train on a dataset with an 'action' column")
-        if not self.image_features and "observation.environment_state" not in self.input_features:
+        if not self.image_features and OBS_ENV_STATE not in self.input_features:
             raise ConfigError("policy.input_features", sorted(self.input_features),
                               "ACT needs at least one camera (observation.image[s]...) or "
                               "observation.environment_state among its inputs",

@@ -51,16 +51,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from robotrain.configs.types import FeatureType
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, FeatureType, pad_key
 from robotrain.errors import UserError
 from robotrain.policies.act.configuration import ACTConfig
 from robotrain.policies.backbones import make_resnet
 from robotrain.policies.base import Policy
 from robotrain.policies.normalize import Normalizer
-
-STATE_KEY = "observation.state"
-ENV_KEY = "observation.environment_state"
-ACTION_KEY = "action"
 
 
 class ACTPolicy(Policy):
@@ -99,7 +95,7 @@ class ACTPolicy(Policy):
             raise UserError(f"the batch lacks {missing} that this ACT policy was built for (it has {sorted(batch)}). "
                             "Fix: feed observations with the same keys as the training dataset")
         batch = self.normalizer.normalize(batch)
-        batch["observation.images"] = [batch[k] for k in self.image_keys]  # each (B, C, H, W)
+        batch[OBS_IMAGES] = [batch[k] for k in self.image_keys]  # each (B, C, H, W)
         return batch
 
     @torch.no_grad()
@@ -107,7 +103,7 @@ class ACTPolicy(Policy):
         """(B, chunk_size, A) actions in dataset units."""
         self.eval()
         actions, _ = self.model(self._model_inputs(batch))
-        return self.normalizer.unnormalize(ACTION_KEY, actions)
+        return self.normalizer.unnormalize(ACTION, actions)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Any]) -> Tensor:
@@ -122,15 +118,15 @@ class ACTPolicy(Policy):
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Training loss: masked L1 on the chunk (+ kl_weight * KL with the VAE); metrics l1_loss, kld_loss."""
-        for key in (ACTION_KEY, "action_is_pad"):
+        for key in (ACTION, pad_key(ACTION)):
             if key not in batch:
                 raise UserError(f"ACT's training batch needs '{key}' (it has {sorted(batch)}). Fix: load the dataset "
                                 "with the policy's delta_timestamps (the trainer does this from action_delta_indices)")
         inputs = self._model_inputs(batch)
         actions_hat, (mu, log_sigma_x2) = self.model(inputs)
-        valid = ~batch["action_is_pad"].unsqueeze(-1)  # (B, chunk, 1)
+        valid = ~batch[pad_key(ACTION)].unsqueeze(-1)  # (B, chunk, 1)
         # Padded steps count as zero error in the mean, as in the paper's code and LeRobot (not a mean over valid).
-        l1_loss = (F.l1_loss(inputs[ACTION_KEY], actions_hat, reduction="none") * valid).mean()
+        l1_loss = (F.l1_loss(inputs[ACTION], actions_hat, reduction="none") * valid).mean()
         loss = l1_loss
         if mu is not None:
             kld = (-0.5 * (1 + log_sigma_x2 - mu.pow(2) - log_sigma_x2.exp())).sum(-1).mean()
@@ -181,9 +177,9 @@ class ACT(nn.Module):
         super().__init__()
         self.config = config
         dim = config.dim_model
-        self.state_dim = _feature_dim(config, STATE_KEY, FeatureType.STATE)
-        self.env_dim = _feature_dim(config, ENV_KEY, FeatureType.ENV)
-        action_dim = config.output_features[ACTION_KEY].shape[0]
+        self.state_dim = _feature_dim(config, OBS_STATE, FeatureType.STATE)
+        self.env_dim = _feature_dim(config, OBS_ENV_STATE, FeatureType.ENV)
+        action_dim = config.output_features[ACTION].shape[0]
         if config.use_vae:
             self.vae_encoder = ACTEncoder(config, config.n_vae_encoder_layers)
             self.vae_encoder_cls_embed = nn.Embedding(1, dim)
@@ -230,8 +226,8 @@ class ACT(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, tuple[Tensor | None, Tensor | None]]:
         """batch: normalized "observation.images" (list of (B, C, H, W)), state, env state, [action, action_is_pad]."""
-        images = batch.get("observation.images", [])
-        reference = images[0] if images else batch[ENV_KEY]
+        images = batch.get(OBS_IMAGES, [])
+        reference = images[0] if images else batch[OBS_ENV_STATE]
         batch_size = reference.shape[0]
         if self.config.use_vae and self.training:
             mu, log_sigma_x2 = self._encode_latent(batch)
@@ -242,9 +238,9 @@ class ACT(nn.Module):
 
         tokens = [self.encoder_latent_input_proj(latent)]  # each (B, D)
         if self.state_dim:
-            tokens.append(self.encoder_robot_state_input_proj(batch[STATE_KEY]))
+            tokens.append(self.encoder_robot_state_input_proj(batch[OBS_STATE]))
         if self.env_dim:
-            tokens.append(self.encoder_env_state_input_proj(batch[ENV_KEY]))
+            tokens.append(self.encoder_env_state_input_proj(batch[OBS_ENV_STATE]))
         tokens = [torch.stack(tokens, dim=1)]  # (B, n_1d, D)
         pos = [self.encoder_1d_feature_pos_embed.weight.unsqueeze(0)]  # (1, n_1d, D)
         for image in images:
@@ -262,18 +258,18 @@ class ACT(nn.Module):
 
     def _encode_latent(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """VAE encoder: [cls, state, actions] -> (mu, log sigma^2), each (B, latent_dim)."""
-        if ACTION_KEY not in batch:
+        if ACTION not in batch:
             raise UserError("ACT with use_vae=true needs 'action' in the batch while training. Fix: pass the "
                             "action chunk, or call policy.eval() to predict")
-        actions = batch[ACTION_KEY]  # (B, T, A)
+        actions = batch[ACTION]  # (B, T, A)
         batch_size = actions.shape[0]
         parts = [self.vae_encoder_cls_embed.weight.expand(batch_size, 1, -1)]  # (B, 1, D)
         if self.state_dim:
-            parts.append(self.vae_encoder_robot_state_input_proj(batch[STATE_KEY]).unsqueeze(1))  # (B, 1, D)
+            parts.append(self.vae_encoder_robot_state_input_proj(batch[OBS_STATE]).unsqueeze(1))  # (B, 1, D)
         parts.append(self.vae_encoder_action_input_proj(actions))  # (B, T, D)
         tokens = torch.cat(parts, dim=1)  # (B, S, D)
         n_fixed = len(parts) - 1  # cls (and state) are never padding
-        is_pad = batch["action_is_pad"]
+        is_pad = batch[pad_key(ACTION)]
         key_padding = torch.cat([is_pad.new_zeros(batch_size, n_fixed), is_pad], dim=1)  # (B, S), True = ignore
         # One additive mask for every layer (SDPA would convert and check a boolean one in each).
         mask = tokens.new_zeros(key_padding.shape).masked_fill_(key_padding, -math.inf)[:, None, None]  # (B,1,1,S)

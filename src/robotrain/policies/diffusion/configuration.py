@@ -20,7 +20,7 @@ from robotrain.configs.policies import (
     check_positive,
     check_resnet,
 )
-from robotrain.configs.types import FeatureType, NormalizationMode
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_STATE, FeatureType, NormalizationMode
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamConfig
 from robotrain.optim.schedulers import DiffuserSchedulerConfig
@@ -31,10 +31,8 @@ logger = logging.getLogger(__name__)
 # object, so "left at its default" can be told apart from "set to 84x84" (dataclass defaults are shared as is).
 DEFAULT_CROP_SHAPE = (84, 84)
 DEFAULT_CROP_FRACTION = 7 / 8  # 84 / 96: the published crop relative to PushT's frames
-ENV_KEY = "observation.environment_state"
 
 
-@PolicyConfig.register_subclass("diffusion")
 @dataclass
 class DiffusionConfig(PolicyConfig):
     """Diffusion Policy: a 1-D conditional U-Net denoises an action sequence given recent observations."""
@@ -129,6 +127,14 @@ class DiffusionConfig(PolicyConfig):
     def action_delta_indices(self) -> list[int]:
         return list(range(1 - self.n_obs_steps, 1 - self.n_obs_steps + self.horizon))
 
+    @property
+    def sample_end_margin(self) -> int:
+        return self.drop_n_last_frames
+
+    @property
+    def camera_frame_size(self) -> tuple[int, int] | None:
+        return tuple(self.resize_shape) if self.resize_shape else None
+
     def get_optimizer_preset(self) -> AdamConfig:
         return AdamConfig(lr=self.optimizer_lr, betas=self.optimizer_betas, eps=self.optimizer_eps,
                           weight_decay=self.optimizer_weight_decay)
@@ -175,17 +181,17 @@ class DiffusionConfig(PolicyConfig):
 
     def validate_features(self) -> None:
         """Check the inputs can feed the model and settle the crop for the cameras' size (at policy build)."""
-        if not self.image_features and ENV_KEY not in self.input_features:
+        if not self.image_features and OBS_ENV_STATE not in self.input_features:
             raise ConfigError("policy.input_features", sorted(self.input_features),
-                              f"Diffusion Policy needs at least one camera or {ENV_KEY} among its inputs",
+                              f"Diffusion Policy needs at least one camera or {OBS_ENV_STATE} among its inputs",
                               "use a dataset with images or an environment state")
-        action = self.output_features.get("action")
+        action = self.output_features.get(ACTION)
         if action is None or len(action.shape) != 1:
             raise ConfigError("policy.output_features", sorted(self.output_features),
                               "Diffusion Policy predicts a 1-D 'action' feature, which is missing",
                               "train on a dataset with an 'action' column")
         unused = [k for k, f in self.input_features.items()
-                  if f.type in (FeatureType.STATE, FeatureType.ENV) and k not in ("observation.state", ENV_KEY)]
+                  if f.type in (FeatureType.STATE, FeatureType.ENV) and k not in (OBS_STATE, OBS_ENV_STATE)]
         if unused:  # as LeRobot: other state vectors (e.g. observation.effort) are not model inputs
             logger.info("Diffusion Policy does not use %s", ", ".join(unused))
         if not self.image_features:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, pad_key
 from robotrain.errors import UserError
 from robotrain.policies.backbones import make_resnet
 from robotrain.policies.base import Policy
@@ -42,11 +43,6 @@ from robotrain.policies.diffusion.configuration import DiffusionConfig
 from robotrain.policies.diffusion.noise import NoiseScheduler
 from robotrain.policies.diffusion.unet import ConditionalUnet1d
 from robotrain.policies.normalize import Normalizer
-
-STATE_KEY = "observation.state"
-ENV_KEY = "observation.environment_state"
-IMAGES_KEY = "observation.images"  # the cameras stacked: (B, S, n_cam, C, H, W)
-ACTION_KEY = "action"
 
 
 def random_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -137,7 +133,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         self.config = config
         self.image_keys = list(config.image_features)
-        cond_per_step = config.input_features[STATE_KEY].shape[0] if STATE_KEY in config.input_features else 0
+        cond_per_step = config.input_features[OBS_STATE].shape[0] if OBS_STATE in config.input_features else 0
         if self.image_keys:
             first = config.image_features[self.image_keys[0]].shape
             frame = tuple(config.resize_shape) if config.resize_shape else tuple(first[1:])
@@ -148,9 +144,9 @@ class DiffusionModel(nn.Module):
                 self.rgb_encoder = RgbEncoder(config, frame)
                 feature_dim = self.rgb_encoder.feature_dim
             cond_per_step += feature_dim * len(self.image_keys)
-        if ENV_KEY in config.input_features:
-            cond_per_step += config.input_features[ENV_KEY].shape[0]
-        self.action_dim = config.output_features[ACTION_KEY].shape[0]
+        if OBS_ENV_STATE in config.input_features:
+            cond_per_step += config.input_features[OBS_ENV_STATE].shape[0]
+        self.action_dim = config.output_features[ACTION].shape[0]
         self.unet = ConditionalUnet1d(
             self.action_dim, cond_per_step * config.n_obs_steps, tuple(config.down_dims), config.kernel_size,
             config.n_groups, config.diffusion_step_embed_dim, config.use_film_scale_modulation)
@@ -162,10 +158,10 @@ class DiffusionModel(nn.Module):
     def global_condition(self, batch: dict[str, Tensor]) -> Tensor:
         """Per observation step [state, camera features, env state], flattened over steps: (B, G)."""
         parts = []
-        if STATE_KEY in batch:
-            parts.append(batch[STATE_KEY])  # (B, S, D)
+        if OBS_STATE in batch:
+            parts.append(batch[OBS_STATE])  # (B, S, D)
         if self.image_keys:
-            images = batch[IMAGES_KEY]  # (B, S, n_cam, C, H, W)
+            images = batch[OBS_IMAGES]  # (B, S, n_cam, C, H, W)
             b, s, n = images.shape[:3]
             if isinstance(self.rgb_encoder, nn.ModuleList):
                 per_camera = [enc(images[:, :, i].flatten(0, 1)) for i, enc in enumerate(self.rgb_encoder)]
@@ -173,14 +169,14 @@ class DiffusionModel(nn.Module):
             else:
                 features = self.rgb_encoder(images.flatten(0, 2))  # (B*S*n_cam, F)
             parts.append(features.reshape(b, s, -1))  # (B, S, n_cam*F), cameras side by side
-        if ENV_KEY in batch:
-            parts.append(batch[ENV_KEY])  # (B, S, E)
+        if OBS_ENV_STATE in batch:
+            parts.append(batch[OBS_ENV_STATE])  # (B, S, E)
         return torch.cat(parts, dim=-1).flatten(1)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Denoising loss on a normalized batch with (B, S, ...) observations and (B, horizon, A) actions."""
         cond = self.global_condition(batch)
-        actions = batch[ACTION_KEY]
+        actions = batch[ACTION]
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (actions.shape[0],), device=actions.device)
         pred = self.unet(self.noise_scheduler.add_noise(actions, noise, t), t, cond)
@@ -188,7 +184,7 @@ class DiffusionModel(nn.Module):
         loss = F.mse_loss(pred, target, reduction="none")
         if self.config.do_mask_loss_for_padding:
             # Padded steps count as zero error in the mean over all entries, as LeRobot (not a mean over valid).
-            loss = loss * ~batch["action_is_pad"].unsqueeze(-1)
+            loss = loss * ~batch[pad_key(ACTION)].unsqueeze(-1)
         return loss.mean()
 
     def generate_actions(self, batch: dict[str, Tensor], noise: Tensor | None = None,
@@ -283,7 +279,7 @@ class DiffusionPolicy(Policy):
         config.validate()
         config.validate_features()
         self.image_keys = list(config.image_features)
-        self.obs_keys = [k for k in (STATE_KEY, ENV_KEY) if k in config.input_features]
+        self.obs_keys = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in config.input_features]
         used = {k: config.input_features[k] for k in (*self.image_keys, *self.obs_keys)}
         self.normalizer = Normalizer({**used, **config.output_features}, config.normalization_mapping)
         self.diffusion = DiffusionModel(config)
@@ -304,8 +300,8 @@ class DiffusionPolicy(Policy):
         n_obs = self.config.n_obs_steps
         self._queues = {key: deque(maxlen=n_obs) for key in self.obs_keys}
         if self.image_keys:
-            self._queues[IMAGES_KEY] = deque(maxlen=n_obs)
-        self._queues[ACTION_KEY] = deque(maxlen=self.config.n_action_steps)
+            self._queues[OBS_IMAGES] = deque(maxlen=n_obs)
+        self._queues[ACTION] = deque(maxlen=self.config.n_action_steps)
 
     def _check_inputs(self, batch: dict[str, Any]) -> None:
         missing = [k for k in (*self.image_keys, *self.obs_keys) if k not in batch]
@@ -321,27 +317,27 @@ class DiffusionPolicy(Policy):
             images = [batch[k] for k in self.image_keys]
             step_dim = images[0].dim() - 3  # the camera axis goes before (C, H, W)
             # One camera: a view instead of a copy.
-            batch[IMAGES_KEY] = images[0].unsqueeze(step_dim) if len(images) == 1 else torch.stack(images, step_dim)
+            batch[OBS_IMAGES] = images[0].unsqueeze(step_dim) if len(images) == 1 else torch.stack(images, step_dim)
         return batch
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Training loss on a batch with (B, n_obs_steps, ...) observations and (B, horizon, A) actions."""
-        for key in (ACTION_KEY, "action_is_pad"):
+        for key in (ACTION, pad_key(ACTION)):
             if key not in batch:
                 raise UserError(f"Diffusion's training batch needs '{key}' (it has {sorted(batch)}). Fix: load the "
                                 "dataset with the policy's delta_timestamps (the trainer does this)")
-        horizon = batch[ACTION_KEY].shape[1]
+        horizon = batch[ACTION].shape[1]
         if horizon != self.config.horizon:
             raise UserError(f"the batch has {horizon} action steps but the policy's horizon is "
                             f"{self.config.horizon}. Fix: load the dataset with this config's action_delta_indices")
         inputs = self._model_inputs(batch)
         if not self._has_time_dim(inputs):  # n_obs_steps = 1 batches may come without the step axis
-            inputs = {k: inputs[k].unsqueeze(1) if k in (*self.obs_keys, IMAGES_KEY) else inputs[k] for k in inputs}
+            inputs = {k: inputs[k].unsqueeze(1) if k in (*self.obs_keys, OBS_IMAGES) else inputs[k] for k in inputs}
         return self.diffusion.compute_loss(inputs), {}
 
     def _has_time_dim(self, batch: dict[str, Any]) -> bool:
         if self.image_keys:
-            return batch[IMAGES_KEY].dim() == 6  # (B, S, n_cam, C, H, W)
+            return batch[OBS_IMAGES].dim() == 6  # (B, S, n_cam, C, H, W)
         return batch[self.obs_keys[0]].dim() == 3  # (B, S, D)
 
     @torch.no_grad()
@@ -354,7 +350,7 @@ class DiffusionPolicy(Policy):
         """
         inputs = self._model_inputs(batch)
         if self._has_time_dim(inputs):
-            history = {k: inputs[k] for k in self._queues if k != ACTION_KEY}
+            history = {k: inputs[k] for k in self._queues if k != ACTION}
         else:
             self._remember(inputs)
             history = self._history()
@@ -365,7 +361,7 @@ class DiffusionPolicy(Policy):
                       generator: torch.Generator | None = None) -> Tensor:
         """The next (B, A) action; a new chunk of n_action_steps is sampled when the queue runs out."""
         self._remember(self._model_inputs(batch))
-        queue = self._queues[ACTION_KEY]
+        queue = self._queues[ACTION]
         if not queue:
             queue.extend(self._sample(self._history(), noise, generator).transpose(0, 1))  # n_action_steps × (B, A)
         return queue.popleft()
@@ -373,14 +369,14 @@ class DiffusionPolicy(Policy):
     def _remember(self, inputs: dict[str, Any]) -> None:
         """Push single observations into the n_obs_steps queues; the first one of an episode fills them."""
         for key, queue in self._queues.items():
-            if key != ACTION_KEY:
+            if key != ACTION:
                 while len(queue) < queue.maxlen - 1:
                     queue.append(inputs[key])
                 queue.append(inputs[key])
 
     def _history(self) -> dict[str, Tensor]:
         """The queued observations stacked along a step axis: (B, n_obs_steps, ...)."""
-        return {key: torch.stack(list(queue), dim=1) for key, queue in self._queues.items() if key != ACTION_KEY}
+        return {key: torch.stack(list(queue), dim=1) for key, queue in self._queues.items() if key != ACTION}
 
     def _sample(self, history: dict[str, Tensor], noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """Denoise a chunk in eval mode (centered crops), with the EMA weights when there are some."""
@@ -391,4 +387,4 @@ class DiffusionPolicy(Policy):
                 actions = self.diffusion.generate_actions(history, noise, generator)
         finally:
             self.train(was_training)
-        return self.normalizer.unnormalize(ACTION_KEY, actions)
+        return self.normalizer.unnormalize(ACTION, actions)

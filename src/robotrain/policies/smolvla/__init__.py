@@ -1,1 +1,7 @@
-"""smolvla policy."""
+"""smolvla: the registry entry. Only the config exists so far: the type parses, and training or evaluating it is refused
+at parse time with the list of policies that have a model."""
+
+from robotrain.policies.registry import PolicySpec, register_policy
+from robotrain.policies.smolvla.configuration import SmolVLAConfig
+
+register_policy(PolicySpec(name="smolvla", config_class=SmolVLAConfig, model=None))

@@ -10,7 +10,6 @@ from robotrain.optim.optimizers import AdamWConfig
 from robotrain.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
 
-@PolicyConfig.register_subclass("smolvla")
 @dataclass
 class SmolVLAConfig(PolicyConfig):
     """SmolVLA: SmolVLM2 layers read cameras, language and state; a flow-matching expert emits action chunks."""

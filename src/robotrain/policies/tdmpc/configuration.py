@@ -10,7 +10,6 @@ from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamConfig
 
 
-@PolicyConfig.register_subclass("tdmpc")
 @dataclass
 class TDMPCConfig(PolicyConfig):
     """TD-MPC: a latent world model with value learning, planning with MPPI at inference."""

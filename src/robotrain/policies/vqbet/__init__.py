@@ -1,1 +1,7 @@
-"""vqbet policy."""
+"""vqbet: the registry entry. Only the config exists so far: the type parses, and training or evaluating it is refused
+at parse time with the list of policies that have a model."""
+
+from robotrain.policies.registry import PolicySpec, register_policy
+from robotrain.policies.vqbet.configuration import VQBeTConfig
+
+register_policy(PolicySpec(name="vqbet", config_class=VQBeTConfig, model=None))

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import PolicyConfig, check_group_norm, check_positive, check_resnet
 from robotrain.configs.types import NormalizationMode
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamConfig
-from robotrain.optim.schedulers import VQBeTSchedulerConfig
+from robotrain.optim.schedulers import LRSchedulerConfig, cosine_to_zero
 
 
-@PolicyConfig.register_subclass("vqbet")
+@LRSchedulerConfig.register_subclass("vqbet")
+@dataclass
+class VQBeTSchedulerConfig(LRSchedulerConfig):
+    """Constant lr while the VQ-VAE trains, then linear warmup and cosine decay (VQ-BeT)."""
+
+    num_warmup_steps: int | None = 500
+    """Warmup steps after the VQ-VAE phase."""
+    num_vqvae_training_steps: int = 20000
+    """Steps of the first phase (VQ-VAE training) with a constant factor of 1."""
+    num_cycles: float = 0.5
+    """Cosine periods over the decay."""
+
+    def lr_lambda(self, num_training_steps: int) -> Callable[[int], float]:
+        warmup, vq = self.num_warmup_steps or 0, self.num_vqvae_training_steps
+        # Progress is measured against the whole run, as VQ-BeT's reference schedule does.
+        cosine = cosine_to_zero(warmup, num_training_steps, self.num_cycles)
+        return lambda step: 1.0 if step < vq else cosine(step - vq)
+
+
 @dataclass
 class VQBeTConfig(PolicyConfig):
     """VQ-BeT: a residual VQ-VAE tokenizes action chunks, then a GPT predicts codes and offsets."""
