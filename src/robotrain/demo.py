@@ -52,13 +52,13 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Record (if needed), train, evaluate; returns the paths and results to print."""
     from robotrain.configs.parser import parse_command, parse_eval_config, parse_train_config
-    from robotrain.datasets.format import lerobot_home
+    from robotrain.datasets.hub import DatasetLocation
     from robotrain.envs.record import RecordSimConfig, record_sim
     from robotrain.evaluation.eval import run_eval
     from robotrain.training.train import train
 
     output_dir = cfg.output_dir or Path("outputs/demo") / dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    root = cfg.root or lerobot_home() / REPO_ID
+    root = DatasetLocation(REPO_ID, cfg.root).local_dir
     record_argv = [*ENV_FLAGS, f"--repo_id={REPO_ID}", f"--root={root}", f"--num_episodes={cfg.num_episodes}"]
     train_argv = [*POLICY_FLAGS, *ENV_FLAGS, f"--dataset.repo_id={REPO_ID}", f"--dataset.root={root}",
                   f"--steps={cfg.steps}", "--batch_size=64", f"--log_freq={max(1, cfg.steps // 10)}",

@@ -18,7 +18,15 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)
 
 def is_valid_repo_id(repo_id: str) -> bool:
     """True for ids like lerobot/pusht; false for anything that could leave the cache folder."""
-    return bool(_REPO_ID.match(repo_id)) and ".." not in repo_id
+    return isinstance(repo_id, str) and bool(_REPO_ID.match(repo_id)) and ".." not in repo_id
+
+
+def check_repo_id(repo_id: str, flag: str = "repo_id", root_flag: str = "root") -> None:
+    """A ConfigError naming `flag` when `repo_id` is not a dataset id; the fix points at `root_flag` for folders."""
+    if not is_valid_repo_id(repo_id):
+        raise ConfigError(flag, repo_id or None,
+                          "is not a dataset id (letters, digits, '.', '_', '-', at most one '/', no '..')",
+                          f"use an id such as lerobot/pusht, and --{root_flag}=DIR for a folder elsewhere")
 
 
 def hub_offline_requested() -> bool:

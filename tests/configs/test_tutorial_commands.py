@@ -90,7 +90,7 @@ def test_resume(workdir):
                                        "--env.type=aloha", "--steps=1000"])
     cfg = parse("resume")
     assert cfg.resume and cfg.steps == 200_000
-    assert cfg.checkpoint_path == checkpoint.resolve()
+    assert cfg.plan.mode == "resume" and cfg.plan.checkpoint == checkpoint.resolve() and cfg.plan.start_step == 100
     assert cfg.policy.pretrained_path == checkpoint.resolve() / "pretrained_model"
     assert cfg.output_dir == run.resolve(), "a resumed run keeps writing into its own directory"
     assert cfg.dataset.repo_id == "lerobot/aloha_sim_transfer_cube_human"
@@ -99,8 +99,8 @@ def test_resume(workdir):
 def test_resume_from_output_dir_alone(workdir):
     run = Path("outputs/train/r")
     make_checkpoint(run, ["--policy.type=act", "--dataset.repo_id=u/d", "--steps=50"])
-    cfg = parse_train_config([f"--output_dir={run}", "--resume=true", "--steps=80"])
-    assert cfg.resume and cfg.steps == 80 and cfg.checkpoint_path.name == "000100"
+    cfg = parse_train_config([f"--output_dir={run}", "--resume=true", "--steps=800"])
+    assert cfg.resume and cfg.steps == 800 and cfg.plan.checkpoint.name == "000100"
 
 
 def test_finetune_from_policy_path(workdir):

@@ -12,8 +12,7 @@ import pytest
 from robotrain.datasets import convert
 from robotrain.datasets.convert import ConvertConfig, convert_dataset
 from robotrain.datasets.dataset import LeRobotDataset
-from robotrain.datasets.format import INFO_KEYS, DatasetError
-from robotrain.datasets.metadata import read_info
+from robotrain.datasets.format import INFO_KEYS, DatasetError, read_info
 from robotrain.errors import ConfigError
 
 from .helpers import TASKS, gray, record

@@ -10,6 +10,7 @@ import pytest
 
 from robotrain.datasets import LeRobotDataset, LeRobotDatasetMetadata
 from robotrain.datasets.format import DatasetError
+from robotrain.errors import ConfigError
 
 from .helpers import features, frame, record
 
@@ -99,7 +100,7 @@ def test_episode_length_mismatch(copy):
 
 
 def test_repo_id_that_escapes_the_cache():
-    with pytest.raises(DatasetError, match=r"repo_id '\.\./x' is not a dataset id"):
+    with pytest.raises(ConfigError, match=r"--repo_id=\.\./x: is not a dataset id"):
         LeRobotDataset("../x")
 
 

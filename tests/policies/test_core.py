@@ -132,5 +132,11 @@ def test_dataset_features_become_policy_features():
 
 
 def test_policy_types_without_a_model_say_so():
-    with pytest.raises(UserError, match="--policy.type=tdmpc: .*no model"):
-        get_policy_class("tdmpc")
+    from robotrain.policies import ACTConfig, PolicySpec
+
+    config_only = PolicySpec(name="planned", config_class=ACTConfig, model=None)
+    with pytest.raises(UserError, match=r"--policy\.type=planned: has a config but no model .*policies with a model: "
+                                        r"act, diffusion"):
+        config_only.policy_class()
+    with pytest.raises(UserError, match=r"--policy\.type=actt: is not a policy type.*did you mean --policy\.type=act"):
+        get_policy_class("actt")

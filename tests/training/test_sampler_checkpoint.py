@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from robotrain.configs.run import step_id
 from robotrain.training import checkpoint as ckpt
 from robotrain.training.metrics import format_big_number, train_line
 from robotrain.training.sampler import EpisodeAwareSampler
@@ -95,7 +96,7 @@ def test_fused_adam_resumes_exactly_on_channels_last_weights(tmp_path):
 
 
 def test_step_ids_and_partial_checkpoint_cleanup(tmp_path):
-    assert ckpt.step_id(100, 5000) == "000100" and ckpt.step_id(7, 12_345_678) == "00000007"
+    assert step_id(100, 5000) == "000100" and step_id(7, 12_345_678) == "00000007"
     root = tmp_path / "checkpoints"
     (root / "000010" / "pretrained_model").mkdir(parents=True)
     (root / ".tmp-000020" / "pretrained_model").mkdir(parents=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from robotrain.errors import ConfigError
-from robotrain.hub import is_valid_repo_id
+from robotrain.hub import check_repo_id
 
 VIDEO_BACKENDS = ("pyav", "torchcodec")
 FRAME_CACHE_MODES = ("auto", "on", "off")
@@ -80,10 +80,7 @@ class DatasetConfig:
     with the sizes), off (decode video on the fly)."""
 
     def validate(self) -> None:
-        if not is_valid_repo_id(self.repo_id):
-            raise ConfigError("repo_id", self.repo_id,
-                              "is not a dataset id (letters, digits, '.', '_', '-', at most one '/', no '..')",
-                              "use an id such as lerobot/pusht, and --dataset.root=DIR for a folder elsewhere")
+        check_repo_id(self.repo_id, "repo_id", root_flag="dataset.root")
         if self.episodes is not None:
             negative = [e for e in self.episodes if e < 0]
             if negative:

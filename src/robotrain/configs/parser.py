@@ -21,6 +21,13 @@ import draccus
 import yaml
 
 from robotrain.configs import legacy
+from robotrain.configs.run import (
+    POLICY_CONFIG_NAME,
+    PRETRAINED_MODEL_DIR,
+    TRAIN_CONFIG_NAME,
+    ResumeSource,
+    find_resume_source,
+)
 from robotrain.configs.schema import (
     CliText,
     all_flags,
@@ -30,12 +37,6 @@ from robotrain.configs.schema import (
     validate_tree,
 )
 from robotrain.configs.train import (
-    CHECKPOINTS_DIR,
-    LAST_CHECKPOINT_LINK,
-    POLICY_CONFIG_NAME,
-    PRETRAINED_MODEL_DIR,
-    TRAIN_CONFIG_NAME,
-    TRAINING_STATE_DIR,
     EvalPipelineConfig,
     TrainConfig,
     resolve_eval_config,
@@ -179,29 +180,6 @@ def locate_policy_dir(text: str) -> tuple[Path, Path]:
                       f"point at a checkpoint's {PRETRAINED_MODEL_DIR} directory")
 
 
-def find_resume_checkpoint(line: CommandLine, config_file: Path | None) -> Path:
-    """The checkpoints/<step> directory a resumed run continues from."""
-    if config_file is None:
-        output_dir = line.flags.get("output_dir")
-        if not output_dir:
-            raise ConfigError("resume", True, "needs to know which run to continue",
-                              f"add --config_path=<run>/{CHECKPOINTS_DIR}/{LAST_CHECKPOINT_LINK}/{PRETRAINED_MODEL_DIR}"
-                              " or --output_dir=<run>")
-        last = Path(output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
-        if not (last / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_NAME).is_file():
-            raise ConfigError("output_dir", output_dir,
-                              f"has no checkpoint to resume ({last} is missing or incomplete)",
-                              "start a new run without --resume, or point --config_path at a checkpoint")
-        return last.resolve()
-    checkpoint = config_file.resolve().parent.parent
-    if not (checkpoint / TRAINING_STATE_DIR).is_dir():
-        raise ConfigError("config_path", config_file, f"is not inside a training checkpoint (no {TRAINING_STATE_DIR}/ "
-                          "next to it), so there is no optimizer state to resume",
-                          f"point at <run>/{CHECKPOINTS_DIR}/<step>/{PRETRAINED_MODEL_DIR}, or fine-tune with "
-                          "--policy.path instead of --resume")
-    return checkpoint
-
-
 def merge_sources(file_data: dict[str, Any], cli_tree: dict[str, Any]) -> dict[str, Any]:
     """CLI over file; a CLI `.type` that differs from the file's discards the file's fields of that choice."""
     merged = dict(file_data)
@@ -221,11 +199,11 @@ def _cli_bool(line: CommandLine, key: str) -> bool:
     return key in line.flags and bool(coerce_value(CliText(line.flags[key]), bool, (key,)))
 
 
-def _load_sources(line: CommandLine, config_cls: type, resume: bool) -> tuple[dict, Path | None, Path | None]:
-    """The file layer (config file and/or policy config.json); returns (data, config file, policy dir)."""
-    config_file = locate_train_config(line.config_path) if line.config_path else None
-    if resume and config_file is None and config_cls is TrainConfig:
-        config_file = find_resume_checkpoint(line, None) / PRETRAINED_MODEL_DIR / TRAIN_CONFIG_NAME
+def _load_sources(line: CommandLine, config_cls: type,
+                  resume: ResumeSource | None) -> tuple[dict, Path | None]:
+    """The file layer (config file and/or policy config.json); returns (data, policy dir)."""
+    config_file = resume.config_file if resume is not None else (
+        locate_train_config(line.config_path) if line.config_path else None)
     data: dict[str, Any] = {}
     dropped: list[str] = []
     if config_file is not None:
@@ -248,7 +226,7 @@ def _load_sources(line: CommandLine, config_cls: type, resume: bool) -> tuple[di
         data["policy"] = prune_unknown(PolicyConfig, policy_data, ("policy",), ("policy.path", policy_file), dropped)
     if dropped:
         logger.warning("ignored %d setting(s) robotrain does not use: %s", len(dropped), ", ".join(dropped))
-    return data, config_file, policy_dir
+    return data, policy_dir
 
 
 def _build(config_cls: type, line: CommandLine, file_data: dict[str, Any]) -> Any:
@@ -304,17 +282,19 @@ def parse_train_config(argv: list[str]) -> TrainConfig:
         from robotrain.configs.help import render_help
 
         raise HelpRequested(render_help(TrainConfig, line, "train"))
-    resume = _cli_bool(line, "resume")
-    if resume and line.policy_path is not None:
-        raise ConfigError("policy.path", line.policy_path, "cannot be combined with --resume=true (a resumed run "
-                          "reloads its own policy from the checkpoint)",
-                          "drop --policy.path, or drop --resume to fine-tune from it as a new run")
-    file_data, config_file, policy_dir = _load_sources(line, TrainConfig, resume)
+    resume = None
+    if _cli_bool(line, "resume"):
+        if line.policy_path is not None:
+            raise ConfigError("policy.path", line.policy_path, "cannot be combined with --resume=true (a resumed run "
+                              "reloads its own policy from the checkpoint)",
+                              "drop --policy.path, or drop --resume to fine-tune from it as a new run")
+        config_file = locate_train_config(line.config_path) if line.config_path else None
+        resume = find_resume_source(config_file, line.flags.get("output_dir"))
+    file_data, policy_dir = _load_sources(line, TrainConfig, resume)
     cfg = _build(TrainConfig, line, file_data)
     if policy_dir is not None:
         cfg.policy.pretrained_path = policy_dir
-    checkpoint = find_resume_checkpoint(line, config_file) if cfg.resume else None
-    return resolve_train_config(cfg, set(line.flags), checkpoint)
+    return resolve_train_config(cfg, set(line.flags), resume)
 
 
 def parse_eval_config(argv: list[str]) -> EvalPipelineConfig:
@@ -324,7 +304,7 @@ def parse_eval_config(argv: list[str]) -> EvalPipelineConfig:
         from robotrain.configs.help import render_help
 
         raise HelpRequested(render_help(EvalPipelineConfig, line, "eval"))
-    file_data, _, policy_dir = _load_sources(line, EvalPipelineConfig, resume=False)
+    file_data, policy_dir = _load_sources(line, EvalPipelineConfig, resume=None)
     cfg = _build(EvalPipelineConfig, line, file_data)
     if policy_dir is not None:
         cfg.policy.pretrained_path = policy_dir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +13,20 @@ import draccus
 import robotrain.envs  # noqa: F401  (registers --env.type choices)
 from robotrain.configs.default import DatasetConfig, EvalConfig, WandBConfig
 from robotrain.configs.policies import PolicyConfig
+from robotrain.configs.run import (
+    PRETRAINED_MODEL_DIR,
+    ResumeSource,
+    RunPlan,
+    is_nonempty_dir,
+    plan_new_run,
+    plan_resume,
+)
 from robotrain.envs.configs import EnvConfig
 from robotrain.errors import ConfigError
+from robotrain.files import atomic_write_json, folder_lock_path, lock_holder
 from robotrain.optim.optimizers import OptimizerConfig
 from robotrain.optim.schedulers import LRSchedulerConfig
 from robotrain.policies.registry import policy_spec, policy_specs
-
-TRAIN_CONFIG_NAME = "train_config.json"
-POLICY_CONFIG_NAME = "config.json"
-CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT_LINK = "last"
-PRETRAINED_MODEL_DIR = "pretrained_model"
-TRAINING_STATE_DIR = "training_state"
 
 
 @dataclass
@@ -74,14 +75,16 @@ class TrainConfig:
     """Simulation evaluation settings."""
     wandb: WandBConfig = field(default_factory=WandBConfig)
     """Weights & Biases logging."""
-    checkpoint_path: Path | None = field(default=None, init=False, repr=False, compare=False)
-    # Set when resuming: the checkpoints/<step> directory the run continues from. Not a flag.
+    keep_last_checkpoints: int = 0
+    """Keep only the newest K checkpoints (older ones are deleted after each save); 0 keeps every one."""
+    plan: RunPlan | None = field(default=None, init=False, repr=False, compare=False)
+    # Decided when the command line is read (configs/run.py): new, fine-tune, resume or restart. Not a flag.
 
     def validate(self) -> None:
         for name in ("batch_size", "steps", "log_freq"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be at least 1", f"use a positive --{name}")
-        for name in ("eval_freq", "save_freq"):
+        for name in ("eval_freq", "save_freq", "keep_last_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, getattr(self, name), "cannot be negative",
                                   f"use 0 to disable, or a positive --{name}")
@@ -121,35 +124,35 @@ def default_output_dir(kind: str, job_name: str, now: dt.datetime | None = None)
     return Path("outputs") / kind / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{job_name}"
 
 
-def is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume_checkpoint: Path | None) -> TrainConfig:
-    """Fill derived fields (presets, job name, output dir) and apply the rules that span fields or touch disk."""
+def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume: ResumeSource | None) -> TrainConfig:
+    """Fill derived fields (presets, job name, output dir), decide the run's plan, and apply the rules that span
+    fields or touch disk."""
     if cfg.policy is None:
         raise ConfigError("policy.type", None, "no policy chosen",
                           f"add --policy.type=<{'|'.join(policy_names())}>, or --policy.path=DIR to fine-tune a "
                           "trained policy")
     policy_spec(cfg.policy.type).check_has_model()
-    _apply_training_preset(cfg, cli_flags)
     cfg.job_name = cfg.job_name or (f"{cfg.env.type}_{cfg.policy.type}" if cfg.env else cfg.policy.type)
-    if cfg.resume:
-        assert resume_checkpoint is not None, "the parser finds the checkpoint of a resumed run"
-        cfg.checkpoint_path = resume_checkpoint
-        cfg.policy.pretrained_path = resume_checkpoint / PRETRAINED_MODEL_DIR
-        # The run continues where its checkpoint lives, even if the run directory was moved since it was saved.
-        cfg.output_dir = resume_checkpoint.parent.parent
+    if resume is not None:
+        cfg.plan = plan_resume(resume, cfg.output_dir, "output_dir" in cli_flags, cfg.steps)
+        if cfg.plan.checkpoint is not None:
+            cfg.policy.pretrained_path = cfg.plan.checkpoint / PRETRAINED_MODEL_DIR
     else:
-        if cfg.output_dir is None:
-            cfg.output_dir = default_output_dir("train", cfg.job_name)
-        if is_nonempty_dir(cfg.output_dir):
-            raise ConfigError("output_dir", cfg.output_dir, "already exists and holds files from another run",
-                              "add --resume=true to continue that run, or choose a new --output_dir")
-        if cfg.output_dir.exists() and not cfg.output_dir.is_dir():
-            raise ConfigError("output_dir", cfg.output_dir, "is a file, not a directory", "choose a new --output_dir")
+        output_dir = Path(cfg.output_dir) if cfg.output_dir is not None else default_output_dir("train", cfg.job_name)
+        cfg.plan = plan_new_run(output_dir, fine_tune=cfg.policy.pretrained_path is not None)
+    cfg.output_dir = cfg.plan.output_dir
+    _apply_training_preset(cfg, cli_flags)
     _check_writable(cfg.output_dir)
+    _check_not_training(cfg.output_dir)
     return cfg
+
+
+def _check_not_training(output_dir: Path) -> None:
+    """A run folder another live process trains into is refused before any work (training also holds the lock)."""
+    holder = lock_holder(folder_lock_path(output_dir))
+    if holder is not None:
+        raise ConfigError("output_dir", output_dir, f"is being written by process {holder}, which trains into it now",
+                          "wait for it to finish or stop it, or choose another --output_dir")
 
 
 def _apply_training_preset(cfg: TrainConfig, cli_flags: set[str]) -> None:
@@ -168,7 +171,7 @@ def _apply_training_preset(cfg: TrainConfig, cli_flags: set[str]) -> None:
                           "sets the optimizer and schedule)",
                           "set the preset's fields instead (e.g. --policy.optimizer_lr=...), or add "
                           "--use_policy_training_preset=false to configure --optimizer.* and --scheduler.* yourself")
-    if cfg.resume and cfg.optimizer is not None:
+    if cfg.plan.resumes and cfg.optimizer is not None:
         return
     cfg.optimizer = cfg.policy.get_optimizer_preset()
     cfg.scheduler = cfg.policy.get_scheduler_preset()
@@ -207,16 +210,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain JSON data with a "type" key for each choice, as train_config.json stores it."""
     data = draccus.encode(cfg)
     if isinstance(cfg, TrainConfig):
-        data.pop("checkpoint_path", None)
+        data.pop("plan", None)
     return data
 
 
 def save_config(cfg: Any, path: Path) -> None:
     """Write `cfg` as indented JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(config_to_dict(cfg), indent=4) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, config_to_dict(cfg))
 
 
 def load_train_config(path: Path) -> TrainConfig:

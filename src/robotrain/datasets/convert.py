@@ -49,7 +49,7 @@ from robotrain.datasets.format import (
     DatasetError,
     chunk_file_path,
     next_chunk_file,
-    write_json_atomic,
+    write_parquet,
 )
 from robotrain.datasets.stats import (
     FeatureStats,
@@ -68,10 +68,10 @@ from robotrain.datasets.writer import (
     data_schema,
     episode_column_order,
     numeric_array,
-    write_parquet_atomic,
     write_tasks,
 )
 from robotrain.errors import ConfigError
+from robotrain.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ class V3Writer:
         """Write the queued episodes as the current data file."""
         if self.pending:
             path = self.root / chunk_file_path(DEFAULT_DATA_PATH, *self.data_at)
-            write_parquet_atomic(pa.concat_tables(self.pending), path)
+            write_parquet(pa.concat_tables(self.pending), path)
             self.files["data"] += 1
         self.pending, self.pending_bytes = [], 0
 
@@ -467,8 +467,8 @@ class V3Writer:
             self.features[key]["info"] = {**self.features[key].get("info", {}), **video_info(first)}
         self._write_episode_rows()
         write_tasks(self.root, self.source.tasks)
-        write_json_atomic(self.root / STATS_PATH, stats_to_json(self._dataset_stats()))
-        write_json_atomic(self.root / INFO_PATH, self._info())
+        atomic_write_json(self.root / STATS_PATH, stats_to_json(self._dataset_stats()))
+        atomic_write_json(self.root / INFO_PATH, self._info())
 
     def _write_episode_rows(self) -> None:
         """meta/episodes/chunk-000/file-000.parquet: one row per episode (a few KB each, so one file)."""
@@ -478,7 +478,7 @@ class V3Writer:
             every_key.update(dict.fromkeys(row))
         order = episode_column_order(every_key)
         table = pa.Table.from_pylist([{k: row.get(k) for k in order} for row in self.rows])
-        write_parquet_atomic(table, self.root / chunk_file_path(DEFAULT_EPISODES_PATH, 0, 0))
+        write_parquet(table, self.root / chunk_file_path(DEFAULT_EPISODES_PATH, 0, 0))
 
     def _dataset_stats(self) -> FeatureStats:
         """Aggregated per-episode stats; features no episode has stats for (v2.0 videos) from the source's."""

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, chunk_file_path
+from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, read_parquet
 from robotrain.datasets.frames import check_frame_size, make_frame_source, resize_frames
-from robotrain.datasets.metadata import LeRobotDatasetMetadata, read_parquet
+from robotrain.datasets.metadata import LeRobotDatasetMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ class LeRobotDataset(torch.utils.data.Dataset):
             placed.setdefault((int(chunks[e]), int(files[e])), []).append(e)
         tables = []
         for (chunk, file), episodes in sorted(placed.items()):
-            path = self.root / chunk_file_path(meta.data_path, chunk, file)
-            table = read_parquet(path, "frame data")
+            table = read_parquet(meta.data_file(chunk, file), "frame data")
             # Only the episodes the table places in this file: a writer killed while switching joined episodes
             # leaves rows of some of them in two files until it is resumed.
             tables.append(table.filter(pc.is_in(table["episode_index"], value_set=pa.array(episodes, pa.int64()))))

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robotrain.datasets.format import INFO_PATH
-from robotrain.datasets.inspect import human_bytes
 from robotrain.errors import ConfigError, UserError, did_you_mean
+from robotrain.files import human_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -45,8 +45,13 @@ def validate_features(features: dict[str, dict[str, Any]], use_videos: bool) -> 
     return checked
 
 
-def validate_frame(frame: dict[str, Any], features: dict[str, dict[str, Any]], position: int) -> dict[str, Any]:
-    """One frame as numpy values of the declared dtypes and shapes (cameras as HWC uint8), plus its task."""
+def validate_frame(frame: dict[str, Any], features: dict[str, dict[str, Any]], position: int,
+                   allow_nan: bool = False) -> dict[str, Any]:
+    """One frame as numpy values of the declared dtypes and shapes (cameras as HWC uint8), plus its task.
+
+    NaN and infinite numbers are refused unless `allow_nan`: they make the dataset's statistics NaN, and a policy
+    trained on them diverges far from where the bad frame is.
+    """
     where = f"add_frame (frame {position} of this episode)"
     if not isinstance(frame, dict):
         raise DatasetError(f"{where}: a frame is a dict of feature values, got {type(frame).__name__}")
@@ -61,6 +66,11 @@ def validate_frame(frame: dict[str, Any], features: dict[str, dict[str, Any]], p
     checked: dict[str, Any] = {"task": task}
     for key, feature in features.items():
         checked[key] = _check_value(frame[key], key, feature, where)
+        if not allow_nan and isinstance(checked[key], np.ndarray) and checked[key].dtype.kind == "f" \
+                and not np.isfinite(checked[key]).all():
+            bad = "NaN" if np.isnan(checked[key]).any() else "an infinite value"
+            raise DatasetError(f"{where}: '{key}' holds {bad} ({checked[key].tolist()}). Fix: record finite values, "
+                               "or pass allow_nan=True (record-sim: --allow_nan=true) to keep them")
     return checked
 
 
@@ -103,6 +113,9 @@ def _check_camera(array: np.ndarray, key: str, shape: tuple[int, ...], where: st
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
     if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise DatasetError(f"{where}: camera '{key}' holds NaN or infinite pixels. Fix: pass uint8 0-255, or "
+                               "finite floats in [0, 1]")
         if array.min() < 0 or array.max() > 1:
             raise DatasetError(f"{where}: camera '{key}' holds floats outside [0, 1]. Fix: pass uint8 0-255, or "
                                "floats scaled to [0, 1]")

@@ -1,42 +1,61 @@
-"""Where a dataset lives: `root` if given, else $HF_LEROBOT_HOME/<repo_id>; downloaded from the Hub when absent.
+"""Where a dataset lives: one DatasetLocation (repo_id, root, revision) decides it for every reader, writer and tool.
 
-Downloads fetch meta/ first, then only the data and video files of the selected episodes.
+`root` when given, else $HF_LEROBOT_HOME/<repo_id>. Reading resolves a location that is absent locally by
+downloading it from the Hub (meta/ first, then only the data and video files of the selected episodes); with no
+network the error says what to do.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from robotrain.datasets.format import CODEBASE_VERSION, INFO_PATH, DatasetError, chunk_file_path, lerobot_home
-from robotrain.hub import hub_offline_requested, hub_reachable, is_valid_repo_id
+from robotrain.datasets.format import (
+    CODEBASE_VERSION,
+    INFO_PATH,
+    DatasetError,
+    chunk_file_path,
+    lerobot_home,
+    read_episodes,
+    read_info,
+)
+from robotrain.hub import check_repo_id, hub_offline_requested, hub_reachable
 
 logger = logging.getLogger(__name__)
 
 
-def local_dataset_dir(repo_id: str) -> Path:
-    if not is_valid_repo_id(repo_id):
-        raise DatasetError(f"repo_id '{repo_id}' is not a dataset id (letters, digits, '.', '_', '-', at most one "
-                           "'/', no '..'). Fix: use an id such as lerobot/pusht, and root= for a folder elsewhere")
-    return lerobot_home() / repo_id
+@dataclass(frozen=True)
+class DatasetLocation:
+    """A dataset's identity and folder."""
 
+    repo_id: str
+    root: Path | str | None = None
+    revision: str | None = None
 
-def resolve_dataset_root(repo_id: str, root: str | Path | None, revision: str | None = None,
-                         episodes: list[int] | None = None) -> Path:
-    """The local folder holding the dataset, downloading what is missing when the Hub can be reached."""
-    target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
-    if (target / INFO_PATH).is_file() or (root is not None and target.is_dir()):
-        return target  # an existing folder is read as is; the reader says precisely what is wrong with it
-    if hub_offline_requested() or not hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
-        if root is not None:
-            raise DatasetError(f"dataset {repo_id}: root {target} does not exist and {why}. Fix: point root at the "
-                               f"folder that holds {INFO_PATH}")
-        raise DatasetError(f"dataset {repo_id} is not at {target} (no {INFO_PATH}) and {why}. Fix: pass "
-                           "--dataset.root=DIR (root=DIR) pointing at a local copy, or record one with "
-                           "`robotrain dataset record-sim`")
-    download_dataset(repo_id, target, revision or CODEBASE_VERSION, episodes)
-    return target
+    def __post_init__(self) -> None:
+        check_repo_id(self.repo_id)
+
+    @property
+    def local_dir(self) -> Path:
+        """The folder the dataset is (or will be) in; nothing is downloaded."""
+        return Path(self.root).expanduser() if self.root is not None else lerobot_home() / self.repo_id
+
+    def resolve(self, episodes: list[int] | None = None) -> Path:
+        """The local folder holding the dataset, downloading what is missing when the Hub can be reached."""
+        target = self.local_dir
+        if (target / INFO_PATH).is_file() or (self.root is not None and target.is_dir()):
+            return target  # an existing folder is read as is; the reader says precisely what is wrong with it
+        if hub_offline_requested() or not hub_reachable():
+            why = "HF_HUB_OFFLINE is set" if hub_offline_requested() else "the Hugging Face Hub cannot be reached"
+            if self.root is not None:
+                raise DatasetError(f"dataset {self.repo_id}: root {target} does not exist and {why}. Fix: point root "
+                                   f"at the folder that holds {INFO_PATH}")
+            raise DatasetError(f"dataset {self.repo_id} is not at {target} (no {INFO_PATH}) and {why}. Fix: pass "
+                               "--dataset.root=DIR (root=DIR) pointing at a local copy, or record one with "
+                               "`robotrain dataset record-sim`")
+        download_dataset(self.repo_id, target, self.revision or CODEBASE_VERSION, episodes)
+        return target
 
 
 def download_dataset(repo_id: str, target: Path, revision: str, episodes: list[int] | None) -> None:
@@ -57,8 +76,6 @@ def download_dataset(repo_id: str, target: Path, revision: str, episodes: list[i
 
 def episode_file_patterns(root: Path, episodes: list[int] | None) -> list[str]:
     """Relative paths of the data and video files that hold `episodes` (all when None)."""
-    from robotrain.datasets.metadata import read_episodes, read_info
-
     info, table = read_info(root), read_episodes(root)
     rows = table.to_pylist()
     if episodes is not None:
@@ -78,3 +95,5 @@ def _snapshot(repo_id: str, target: Path, revision: str, patterns: list[str]) ->
 
     logger.info("downloading %s (%d pattern(s)) from the Hub into %s", repo_id, len(patterns), target)
     snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=target, allow_patterns=patterns)
+
+

@@ -9,14 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robotrain.datasets.format import (
-    STATS_PATH,
-)
-from robotrain.datasets.metadata import (
-    LeRobotDatasetMetadata,
-    read_episodes,
-)
+from robotrain.datasets.format import STATS_PATH, read_episodes
+from robotrain.datasets.metadata import LeRobotDatasetMetadata
 from robotrain.datasets.stats import SKIPPED_DTYPES
+from robotrain.files import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +111,6 @@ def _disk_line(root: Path) -> str:
              for part in ("data", "videos", "meta")}
     detail = ", ".join(f"{part} {human_bytes(size)}" for part, size in sizes.items())
     return f"size on disk   {human_bytes(sum(sizes.values()))}  ({detail})"
-
-
-def human_bytes(size: float) -> str:
-    """1234567 -> '1.2 MB' (decimal units, as file managers show them)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def _stats_line(meta: LeRobotDatasetMetadata, episode_columns: list[str]) -> str:

@@ -9,108 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from robotrain.datasets.format import (
-    CODEBASE_VERSION,
     EPISODES_DIR,
-    INFO_KEYS,
-    INFO_PATH,
-    LEGACY_EPISODES_PATH,
-    OPTIONAL_INFO_KEYS,
     STATS_PATH,
-    TASKS_PATH,
     DatasetError,
     chunk_file_path,
+    dataset_file,
     is_camera,
+    read_episodes,
+    read_info,
+    read_tasks,
 )
-from robotrain.datasets.hub import resolve_dataset_root
+from robotrain.datasets.hub import DatasetLocation
 
 logger = logging.getLogger(__name__)
-
-PANDAS_INDEX_COLUMN = "__index_level_0__"  # how pandas stores tasks.parquet's index (the task text)
-
-
-def convert_command(root: Path) -> str:
-    return f"robotrain dataset convert --root={root}"
-
-
-def read_info(root: Path) -> dict[str, Any]:
-    """meta/info.json, checked: a v3.0 dataset with every required key (unknown keys ignored with a warning)."""
-    path = root / INFO_PATH
-    if not path.is_file():
-        if (root / LEGACY_EPISODES_PATH).is_file():
-            raise DatasetError(f"{root} is a LeRobot v2.x dataset without meta/info.json; convert it with "
-                               f"`{convert_command(root)}`")
-        raise DatasetError(f"{path} is missing: {root} is not a LeRobot dataset. Fix: point --dataset.root (or "
-                           "root=) at the folder that holds meta/info.json")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc}). Fix: restore the file from the dataset's "
-                           "source") from None
-    version = str(info.get("codebase_version", "missing"))
-    if version.startswith("v2"):
-        raise DatasetError(f"{root} is a LeRobot {version} dataset; robotrain reads v3.0. Fix: convert it with "
-                           f"`{convert_command(root)}`")
-    if version != CODEBASE_VERSION:
-        raise DatasetError(f"{path}: codebase_version {version} is not supported (robotrain reads {CODEBASE_VERSION})."
-                           " Fix: use a v3.0 dataset, or convert a v2.1 one with `robotrain dataset convert`")
-    missing = [k for k in INFO_KEYS if k not in info and k != "robot_type"]
-    if missing:
-        raise DatasetError(f"{path} lacks {', '.join(missing)}. Fix: restore the file from the dataset's source")
-    unknown = sorted(set(info) - set(INFO_KEYS) - set(OPTIONAL_INFO_KEYS))
-    if unknown:
-        logger.warning("%s: ignoring unknown keys %s", path, ", ".join(unknown))
-    if int(info["fps"]) <= 0:
-        raise DatasetError(f"{path}: fps is {info['fps']}; it must be positive")
-    for key, feature in info["features"].items():
-        feature["shape"] = tuple(feature["shape"])
-        if "/" in key:
-            raise DatasetError(f"{path}: feature name '{key}' contains '/', which the format forbids")
-    return info
-
-
-def read_parquet(path: Path, what: str, columns: list[str] | None = None) -> pa.Table:
-    """A parquet file, or a DatasetError naming it when it is missing, truncated or corrupt."""
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing ({what}). Fix: re-download or restore the dataset")
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"{path} is corrupt or truncated ({what}): {exc}. Fix: re-download or restore it") from None
-
-
-def read_tasks(root: Path) -> list[str]:
-    """Task texts by task_index (tasks.parquet stores them as a pandas index column)."""
-    table = read_parquet(root / TASKS_PATH, "the task list")
-    name = next((c for c in ("task", PANDAS_INDEX_COLUMN) if c in table.column_names), None)
-    if name is None or "task_index" not in table.column_names:
-        raise DatasetError(f"{root / TASKS_PATH} has no task/task_index columns")
-    tasks = [""] * table.num_rows
-    for index, text in zip(table["task_index"].to_pylist(), table[name].to_pylist(), strict=True):
-        tasks[index] = text
-    return tasks
-
-
-def read_episodes(root: Path, with_stats: bool = False) -> pa.Table:
-    """Every row of meta/episodes/*/*.parquet, ordered by episode_index (per-episode stats dropped unless asked)."""
-    files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
-    if not files:
-        raise DatasetError(f"{root / EPISODES_DIR} holds no episode files. Fix: re-download or restore the dataset")
-    tables = []
-    for path in files:
-        try:
-            names = pq.read_schema(path).names
-        except (pa.ArrowException, OSError) as exc:
-            raise DatasetError(f"{path} is corrupt or truncated (episode metadata): {exc}. Fix: re-download or "
-                               "restore it") from None
-        columns = names if with_stats else [c for c in names if not c.startswith("stats/")]
-        tables.append(read_parquet(path, "episode metadata", columns))
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table.sort_by("episode_index")
-
 
 class LeRobotDatasetMetadata:
     """The metadata of a LeRobot v3.0 dataset: features, fps, stats, tasks and episode boundaries."""
@@ -119,7 +32,7 @@ class LeRobotDatasetMetadata:
                  episodes: list[int] | None = None):
         self.repo_id = repo_id
         self.revision = revision
-        self.root = resolve_dataset_root(repo_id, root, revision, episodes)
+        self.root = DatasetLocation(repo_id, root, revision).resolve(episodes)
         self.info = read_info(self.root)
         self.tasks = read_tasks(self.root)
         self.episodes = read_episodes(self.root)
@@ -146,7 +59,11 @@ class LeRobotDatasetMetadata:
         path = self.root / STATS_PATH
         if not path.is_file():
             return {}
-        return stats_from_json(json.loads(path.read_text()))
+        try:
+            return stats_from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+            raise DatasetError(f"{path} is damaged ({type(exc).__name__}: {exc}). Fix: restore it from the dataset's "
+                               "source, or delete it (`robotrain dataset validate` checks the rest)") from None
 
     @property
     def fps(self) -> int:
@@ -210,15 +127,20 @@ class LeRobotDatasetMetadata:
             raise DatasetError(f"{self.root / EPISODES_DIR}: column '{name}' is missing")
         return self.episodes[name].to_numpy()
 
+    def data_file(self, chunk_index: int, file_index: int) -> Path:
+        """The data file at (chunk, file), checked to lie inside the dataset folder."""
+        return dataset_file(self.root, chunk_file_path(self.data_path, chunk_index, file_index), "info.json data_path")
+
     def get_data_file_path(self, episode_index: int) -> Path:
         row = self._row(episode_index)
-        return self.root / chunk_file_path(self.data_path, row["data/chunk_index"], row["data/file_index"])
+        return self.data_file(row["data/chunk_index"], row["data/file_index"])
 
     def get_video_file_path(self, episode_index: int, video_key: str) -> Path:
         row = self._row(episode_index)
         assert self.video_path is not None
-        return self.root / chunk_file_path(self.video_path, row[f"videos/{video_key}/chunk_index"],
-                                           row[f"videos/{video_key}/file_index"], video_key=video_key)
+        relative = chunk_file_path(self.video_path, row[f"videos/{video_key}/chunk_index"],
+                                   row[f"videos/{video_key}/file_index"], video_key=video_key)
+        return dataset_file(self.root, relative, "info.json video_path")
 
     def _row(self, episode_index: int) -> dict[str, Any]:
         return self.episodes.slice(episode_index, 1).to_pylist()[0]

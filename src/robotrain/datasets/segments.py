@@ -15,6 +15,8 @@ episodes that each own one file, at consecutive locations, right after a locatio
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 import shutil
@@ -26,8 +28,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from robotrain.datasets.format import chunk_file_path, next_chunk_file
+from robotrain.datasets.format import JOIN_JOURNAL, DatasetError, chunk_file_path, dataset_file, next_chunk_file
 from robotrain.datasets.video import concatenate_videos
+from robotrain.files import is_temporary
 
 Location = tuple[int, int]  # (chunk_index, file_index)
 
@@ -67,7 +70,9 @@ class EpisodeFiles:
         return int(row[f"{self.name}/chunk_index"]), int(row[f"{self.name}/file_index"])
 
     def path(self, root: Path, location: Location) -> Path:
-        return root / chunk_file_path(self.template, *location, video_key=self.video_key)
+        """The file at `location`, checked to lie inside the dataset folder."""
+        relative = chunk_file_path(self.template, *location, video_key=self.video_key)
+        return dataset_file(root, relative, f"info.json {'video_path' if self.video_key else 'data_path'}")
 
     def pattern(self) -> str:
         """A glob matching every file of this kind."""
@@ -116,7 +121,7 @@ def remove_unreferenced(files: EpisodeFiles, rows: list[dict[str, Any]], root: P
     used = {files.path(root, files.location(row)) for row in rows}
     stray = [path for path in sorted(root.glob(files.pattern())) if path not in used]
     for path in stray:
-        path.unlink()
+        dataset_file(root, path.relative_to(root), f"a {files.name} file").unlink()
     return stray
 
 
@@ -124,5 +129,31 @@ def remove_leftovers(root: Path, folders: list[str]) -> None:
     """Delete temporary and pending files (hidden names) that a killed writer left in the dataset's folders."""
     for folder in folders:
         for path in (root / folder).rglob(".*"):
-            if path.is_file() and (path.name.endswith(".tmp") or path.name.startswith(".pending-")):
-                path.unlink()
+            if path.is_file() and (is_temporary(path) or path.name.startswith(".pending-")):
+                dataset_file(root, path.relative_to(root), "a temporary file").unlink()
+
+
+def read_join_journal(journal: Path, kinds: dict[str, EpisodeFiles], root: Path, episodes: int) -> list[dict[str, Any]]:
+    """The joins a killed writer journaled, checked: each names a kind of file this dataset has, committed episodes,
+    and segments that are files of that kind inside the dataset (the switch deletes them)."""
+    try:
+        joins = json.loads(journal.read_text())["joins"]
+        for join in joins:
+            files = kinds.get(join["files"])
+            if files is None:
+                raise ValueError(f"'files' names {join['files']!r}, which this dataset does not have")
+            if not all(isinstance(e, int) and 0 <= e < episodes for e in join["episodes"]):
+                raise ValueError(f"'episodes' lists {join['episodes']}, not committed episodes (0..{episodes - 1})")
+            if len(join["starts"]) != len(join["episodes"]) or len(join["reserved"]) != 2:
+                raise ValueError("'starts' or 'reserved' does not fit its episodes")
+            pattern = files.pattern()
+            for segment in join["segments"]:
+                if not isinstance(segment, str) or not fnmatch.fnmatch(segment, pattern):
+                    raise ValueError(f"'segments' lists {segment!r}, which is not a {files.name} file ({pattern})")
+                dataset_file(root, segment, f"{JOIN_JOURNAL} segments")
+    except DatasetError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{journal}: damaged join journal ({exc}). Fix: restore the dataset from a copy; the "
+                           "journal is written only while a writer joins files") from None
+    return joins

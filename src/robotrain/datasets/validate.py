@@ -17,9 +17,18 @@ import numpy as np
 import pyarrow as pa
 
 from robotrain.datasets.dataset import arrow_column_to_numpy, decode_png
-from robotrain.datasets.format import DEFAULT_TOLERANCE_S, INFO_PATH, JOIN_JOURNAL, TASKS_PATH, DatasetError
-from robotrain.datasets.hub import resolve_dataset_root
-from robotrain.datasets.metadata import PANDAS_INDEX_COLUMN, read_parquet
+from robotrain.datasets.format import (
+    DEFAULT_TOLERANCE_S,
+    INFO_PATH,
+    JOIN_JOURNAL,
+    PANDAS_INDEX_COLUMN,
+    TASKS_PATH,
+    DatasetError,
+    dataset_file,
+    read_parquet,
+)
+from robotrain.datasets.hub import DatasetLocation
+from robotrain.datasets.segments import EpisodeFiles, read_join_journal
 from robotrain.datasets.stats import SKIPPED_DTYPES
 from robotrain.datasets.validate_metadata import (
     EpisodeRow,
@@ -54,7 +63,8 @@ def validate_dataset(cfg: ValidateConfig) -> list[str]:
     """Every broken invariant of a dataset, one line each naming the file and episode; [] when it is valid."""
     try:
         # An explicit root is checked as it is: downloading into it would hide what is wrong with it.
-        root = Path(cfg.root).expanduser() if cfg.root is not None else resolve_dataset_root(cfg.repo_id, None)
+        location = DatasetLocation(cfg.repo_id, cfg.root)
+        root = location.local_dir if cfg.root is not None else location.resolve()
     except DatasetError as exc:
         return [str(exc)]
     problems = Problems(root)
@@ -62,8 +72,7 @@ def validate_dataset(cfg: ValidateConfig) -> list[str]:
     if info is None:
         return problems.lines
     if (root / JOIN_JOURNAL).exists():
-        problems.add(JOIN_JOURNAL, "a writer was killed while switching episodes to joined files, so some episodes' "
-                     "rows are in two files. Fix: LeRobotDataset.resume(repo_id, root=...) finishes the switch")
+        _check_join_journal(root, info, problems)
     tasks = check_tasks(root, info, problems)
     tables = read_episode_tables(root, problems)
     episodes = check_episode_table(info, tables, tasks, problems)
@@ -74,6 +83,20 @@ def validate_dataset(cfg: ValidateConfig) -> list[str]:
     check_stats_json(root, info, problems)
     logger.debug("validated %s: %d problem(s)", root, len(problems.lines))
     return problems.lines
+
+
+def _check_join_journal(root: Path, info: dict[str, Any], problems: Problems) -> None:
+    """A journal left by a killed writer: resumable when every entry is sound, else it names what is wrong."""
+    kinds = {"data": EpisodeFiles("data", info["data_path"], 0)}
+    kinds.update({f"videos/{key}": EpisodeFiles(f"videos/{key}", info["video_path"], 0, key)
+                  for key, feature in info["features"].items() if feature["dtype"] == "video"})
+    try:
+        read_join_journal(root / JOIN_JOURNAL, kinds, root, int(info.get("total_episodes") or 0))
+    except DatasetError as exc:
+        problems.add_error(root / JOIN_JOURNAL, exc)
+        return
+    problems.add(JOIN_JOURNAL, "a writer was killed while switching episodes to joined files, so some episodes' "
+                 "rows are in two files. Fix: LeRobotDataset.resume(repo_id, root=...) finishes the switch")
 
 
 def _group_by_file(placements: list[tuple[str, EpisodeRow]]) -> list[tuple[str, list[EpisodeRow]]]:
@@ -91,7 +114,7 @@ def _check_data_files(root: Path, info: dict[str, Any], episodes: list[EpisodeRo
     total: int | None = 0
     for rel, placed in _group_by_file([(e.data_file, e) for e in episodes if e.data_file is not None]):
         try:
-            table = read_parquet(root / rel, "frame data")
+            table = read_parquet(dataset_file(root, rel, "info.json data_path"), "frame data")
         except DatasetError as exc:
             problems.add_error(root / rel, exc, [e.index for e in placed])
             total = None
@@ -282,7 +305,12 @@ def _check_videos(root: Path, info: dict[str, Any], episodes: list[EpisodeRow], 
         if feature["dtype"] != "video":
             continue
         for rel, placed in _group_by_file([(e.videos[key][0], e) for e in episodes if key in e.videos]):
-            _check_video_file(root / rel, key, feature, placed, problems)
+            try:
+                path = dataset_file(root, rel, "info.json video_path")
+            except DatasetError as exc:
+                problems.add(rel, str(exc), [e.index for e in placed])
+                continue
+            _check_video_file(path, key, feature, placed, problems)
 
 
 def _check_video_file(path: Path, key: str, feature: dict[str, Any], placed: list[EpisodeRow],

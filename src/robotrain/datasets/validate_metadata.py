@@ -29,11 +29,14 @@ from robotrain.datasets.format import (
     STAT_NAMES,
     STATS_PATH,
     TASKS_PATH,
+    TEMPLATE_FIELDS,
     DatasetError,
+    check_template,
     chunk_file_path,
     is_camera,
+    read_parquet,
+    read_tasks,
 )
-from robotrain.datasets.metadata import read_parquet, read_tasks
 from robotrain.datasets.stats import SKIPPED_DTYPES, stats_from_json
 
 MAX_EPISODES_NAMED = 8  # in one problem line; more are counted, not listed
@@ -161,6 +164,12 @@ def check_info(root: Path, problems: Problems) -> dict[str, Any] | None:
     videos = [k for k, f in features.items() if f["dtype"] == "video"]
     if videos and not isinstance(info.get("video_path"), str) and "video_path" in info:
         problems.add(INFO_PATH, f"video_path is {info['video_path']!r}, but {', '.join(videos)} are video features")
+    try:  # a template that can name files outside the dataset stops the check: no file it names is opened
+        for key, template in (("data_path", data_path), ("video_path", video_path)):
+            check_template(template, key, TEMPLATE_FIELDS[key])
+    except DatasetError as exc:
+        problems.lines.append(str(exc))
+        return None
     return {**info, "features": features, "data_path": data_path, "video_path": video_path}
 
 
@@ -246,13 +255,14 @@ def _episode_rows(info: dict[str, Any], source: str, table: pa.Table, problems: 
             problems.add(source, f"a row has episode_index {episode!r}, not a non-negative integer")
             continue
         data_file = None
-        if row.get("data/chunk_index") is not None and row.get("data/file_index") is not None:
+        if _file_indices(row, "data", source, episode, problems):
             data_file = chunk_file_path(info["data_path"], row["data/chunk_index"], row["data/file_index"])
         videos = {}
         for key, feature in info["features"].items():
             values = [row.get(f"videos/{key}/{c}") for c in ("chunk_index", "file_index", "from_timestamp",
                                                               "to_timestamp")]
-            if feature["dtype"] == "video" and None not in values:
+            if feature["dtype"] == "video" and None not in values \
+                    and _file_indices(row, f"videos/{key}", source, episode, problems):
                 path = chunk_file_path(info["video_path"], values[0], values[1], video_key=key)
                 videos[key] = (path, float(values[2]), float(values[3]))
         location = (row.get("meta/episodes/chunk_index"), row.get("meta/episodes/file_index"))
@@ -262,6 +272,17 @@ def _episode_rows(info: dict[str, Any], source: str, table: pa.Table, problems: 
         rows.append(EpisodeRow(episode, source, row.get("length"), row.get("dataset_from_index"),
                                row.get("dataset_to_index"), data_file, list(row.get("tasks") or []), videos))
     return rows
+
+
+def _file_indices(row: dict[str, Any], prefix: str, source: str, episode: int, problems: Problems) -> bool:
+    """Whether the row's <prefix>/chunk_index and file_index are present and non-negative integers (else said)."""
+    values = [row.get(f"{prefix}/{name}") for name in ("chunk_index", "file_index")]
+    if None in values:
+        return False
+    if not all(is_count(v) for v in values):
+        problems.add(source, f"{prefix}/chunk_index and file_index are {values}, not non-negative integers", episode)
+        return False
+    return True
 
 
 def check_episode_table(info: dict[str, Any], tables: list[tuple[str, pa.Table]], tasks: list[str] | None,

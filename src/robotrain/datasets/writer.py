@@ -32,34 +32,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robotrain.datasets.format import (
-    CODEBASE_VERSION,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DATA_FILE_SIZE_IN_MB,
-    DEFAULT_DATA_PATH,
     DEFAULT_EPISODES_PATH,
     DEFAULT_FEATURES,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
-    DEFAULT_VIDEO_PATH,
     EPISODES_DIR,
     INFO_PATH,
     JOIN_JOURNAL,
     MB,
+    PANDAS_INDEX_COLUMN,
     STATS_PATH,
     TASKS_PATH,
     DatasetError,
     chunk_file_path,
+    dataset_file,
+    new_info,
     next_chunk_file,
-    write_json_atomic,
+    read_episodes,
+    read_info,
+    read_tasks,
+    write_parquet,
 )
 from robotrain.datasets.frame_check import validate_features, validate_frame
-from robotrain.datasets.hub import local_dataset_dir
-from robotrain.datasets.metadata import PANDAS_INDEX_COLUMN, read_episodes, read_info, read_tasks
+from robotrain.datasets.hub import DatasetLocation
 from robotrain.datasets.segments import (
     EpisodeFiles,
     Location,
     Run,
     find_open_run,
     join_segments,
+    read_join_journal,
     remove_leftovers,
     remove_unreferenced,
 )
@@ -72,6 +75,7 @@ from robotrain.datasets.stats import (
     unflatten_stats,
 )
 from robotrain.datasets.video import VideoEncoding, encode_video, video_info
+from robotrain.files import WriterLock, acquire_writer_lock, atomic_write_json, folder_lock_path
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +87,14 @@ SEGMENTS_PER_RUN = 1000
 PENDING_NAME = ".pending-episode"  # an episode's file before it is placed (removed by resume after a kill)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="snappy", use_dictionary=True)
-    os.replace(tmp, path)
+def lock_dataset(root: Path) -> WriterLock:
+    """This process as the only writer of the dataset folder `root` (a DatasetError naming the one that is)."""
+    def busy(pid: int | None) -> DatasetError:
+        holder = f"process {pid}" if pid is not None else "another process"
+        return DatasetError(f"{root} is being written by {holder} (a recorder or another DatasetWriter). Fix: wait for "
+                            "it to finish or stop it, or record into another root/repo_id")
+
+    return acquire_writer_lock(folder_lock_path(root), busy)
 
 
 def arrow_type(feature: dict[str, Any]) -> pa.DataType:
@@ -131,7 +138,7 @@ def write_tasks(root: Path, tasks: list[str]) -> None:
     """meta/tasks.parquet: task texts as pandas' index column (as LeRobot writes it), task_index as a column."""
     table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()),
                       PANDAS_INDEX_COLUMN: pa.array(tasks, pa.large_string())})
-    write_parquet_atomic(table.replace_schema_metadata({"pandas": json.dumps(_PANDAS_TASKS_METADATA)}),
+    write_parquet(table.replace_schema_metadata({"pandas": json.dumps(_PANDAS_TASKS_METADATA)}),
                          root / TASKS_PATH)
 
 
@@ -147,8 +154,10 @@ class DatasetWriter:
     """Writes episodes of a LeRobot v3.0 dataset. Use `LeRobotDataset.create(...)` or `LeRobotDataset.resume(...)`."""
 
     def __init__(self, repo_id: str, root: Path, info: dict[str, Any], tasks: list[str],
-                 episode_rows: list[dict[str, Any]], encoding: VideoEncoding):
+                 episode_rows: list[dict[str, Any]], encoding: VideoEncoding, allow_nan: bool, lock: WriterLock):
         self.repo_id, self.root, self.info, self.tasks = repo_id, root, info, tasks
+        self.allow_nan = allow_nan
+        self.lock = lock  # one writer per dataset folder, until finalize() or discard()
         self.episode_rows = episode_rows  # committed episodes, with per-episode stats
         self.dataset_stats: FeatureStats = {}
         for row in episode_rows:
@@ -165,38 +174,42 @@ class DatasetWriter:
     def create(cls, repo_id: str, fps: int, features: dict[str, dict[str, Any]], root: str | Path | None = None,
                robot_type: str | None = None, use_videos: bool = True, vcodec: str = "libsvtav1",
                chunks_size: int = DEFAULT_CHUNK_SIZE, data_files_size_in_mb: int = DEFAULT_DATA_FILE_SIZE_IN_MB,
-               video_files_size_in_mb: int = DEFAULT_VIDEO_FILE_SIZE_IN_MB) -> DatasetWriter:
-        """A new dataset at `root` (default $HF_LEROBOT_HOME/<repo_id>), which must not exist or be empty."""
-        target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
-        if target.exists() and any(target.iterdir()):
-            raise DatasetError(f"{target} already exists and is not empty. Fix: choose another root/repo_id, or "
-                               "append to it with LeRobotDataset.resume(...)")
-        if not isinstance(fps, int) or fps <= 0:
+               video_files_size_in_mb: int = DEFAULT_VIDEO_FILE_SIZE_IN_MB, allow_nan: bool = False) -> DatasetWriter:
+        """A new dataset at `root` (default $HF_LEROBOT_HOME/<repo_id>), which must not exist or be empty.
+
+        allow_nan=True records NaN and infinite values (refused by default: they poison statistics and training).
+        """
+        target = DatasetLocation(repo_id, root).local_dir
+        if not isinstance(fps, int) or isinstance(fps, bool) or fps <= 0:
             raise DatasetError(f"fps must be a positive integer, got {fps!r}")
         features = validate_features(features, use_videos)
-        has_video = any(f["dtype"] == "video" for f in features.values())
-        info = {
-            "codebase_version": CODEBASE_VERSION, "fps": fps, "features": {**features, **DEFAULT_FEATURES},
-            "total_episodes": 0, "total_frames": 0, "total_tasks": 0, "chunks_size": chunks_size,
-            "data_files_size_in_mb": data_files_size_in_mb, "video_files_size_in_mb": video_files_size_in_mb,
-            "data_path": DEFAULT_DATA_PATH, "video_path": DEFAULT_VIDEO_PATH if has_video else None,
-            "robot_type": robot_type, "splits": {},
-        }
+        lock = lock_dataset(target)
+        if target.exists() and any(target.iterdir()):
+            lock.release()
+            raise DatasetError(f"{target} already exists and is not empty. Fix: choose another root/repo_id, or "
+                               "append to it with LeRobotDataset.resume(...)")
+        info = new_info(fps, features, robot_type, chunks_size, data_files_size_in_mb, video_files_size_in_mb)
         target.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(target / INFO_PATH, info)
-        return cls(repo_id, target, info, [], [], VideoEncoding(vcodec=vcodec))
+        atomic_write_json(target / INFO_PATH, info)
+        return cls(repo_id, target, info, [], [], VideoEncoding(vcodec=vcodec), allow_nan, lock)
 
     @classmethod
-    def resume(cls, repo_id: str, root: str | Path | None = None, vcodec: str = "libsvtav1") -> DatasetWriter:
+    def resume(cls, repo_id: str, root: str | Path | None = None, vcodec: str = "libsvtav1",
+               allow_nan: bool = False) -> DatasetWriter:
         """Append to an existing dataset: leftovers of an interrupted save are removed, open files reopened."""
-        target = Path(root).expanduser() if root is not None else local_dataset_dir(repo_id)
-        info = read_info(target)
-        for feature in info["features"].values():
-            feature["shape"] = list(feature["shape"])
-        total = info["total_episodes"]
-        rows = read_episodes(target, with_stats=True).to_pylist()[:total] if total else []
-        tasks = read_tasks(target) if total else []
-        writer = cls(repo_id, target, info, tasks, rows, VideoEncoding(vcodec=vcodec))
+        target = DatasetLocation(repo_id, root).local_dir
+        lock = lock_dataset(target)
+        try:
+            info = read_info(target)
+            for feature in info["features"].values():
+                feature["shape"] = list(feature["shape"])
+            total = info["total_episodes"]
+            rows = read_episodes(target, with_stats=True).to_pylist()[:total] if total else []
+            tasks = read_tasks(target) if total else []
+        except BaseException:
+            lock.release()
+            raise
+        writer = cls(repo_id, target, info, tasks, rows, VideoEncoding(vcodec=vcodec), allow_nan, lock)
         writer._finish_interrupted_joins()  # before the cleanup: the joined files may not be referenced yet
         writer._remove_uncommitted()
         for files in writer._all_files():
@@ -213,7 +226,7 @@ class DatasetWriter:
         committed = {self._metadata_path(self._metadata_location(row)) for row in self.episode_rows}
         for path in (self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"):
             if path not in committed:
-                path.unlink()
+                dataset_file(self.root, path.relative_to(self.root), "an episode-table file").unlink()
         if self.episode_rows:
             last = self._metadata_location(self.episode_rows[-1])
             rows = sum(1 for row in self.episode_rows if self._metadata_location(row) == last)
@@ -230,12 +243,12 @@ class DatasetWriter:
         if kept.num_rows != table.num_rows:
             logger.warning("%s: removing %d frame(s) of an episode that was never committed", path,
                            table.num_rows - kept.num_rows)
-            write_parquet_atomic(kept, path)
+            write_parquet(kept, path)
 
     # ---- recording ---------------------------------------------------------------------------------------
     def add_frame(self, frame: dict[str, Any]) -> None:
         """Buffer one frame: every feature given to create() plus "task" (str); checked strictly."""
-        self.buffer.append(validate_frame(frame, self.user_features, len(self.buffer)))
+        self.buffer.append(validate_frame(frame, self.user_features, len(self.buffer), self.allow_nan))
 
     def clear_episode_buffer(self) -> None:
         self.buffer = []
@@ -361,7 +374,7 @@ class DatasetWriter:
             joins.append({"files": files.name, "reserved": list(files.run.reserved), "episodes": files.run.episodes,
                           "starts": starts, "segments": [str(p.relative_to(self.root)) for p in paths]})
             files.run = None
-        write_json_atomic(self.root / JOIN_JOURNAL, {"joins": joins})
+        atomic_write_json(self.root / JOIN_JOURNAL, {"joins": joins})
         self._switch_to_joined(joins)
 
     def _switch_to_joined(self, joins: list[dict[str, Any]]) -> None:
@@ -380,7 +393,7 @@ class DatasetWriter:
         self._write_episode_rows(tables)
         for join in joins:
             for segment in join["segments"]:
-                (self.root / segment).unlink(missing_ok=True)
+                dataset_file(self.root, segment, JOIN_JOURNAL).unlink(missing_ok=True)
         (self.root / JOIN_JOURNAL).unlink()
 
     def _finish_interrupted_joins(self) -> None:
@@ -388,14 +401,8 @@ class DatasetWriter:
         journal = self.root / JOIN_JOURNAL
         if not journal.exists():
             return
-        try:
-            joins = json.loads(journal.read_text())["joins"]
-            kinds = {files.name for files in self._all_files()}
-            if not all(j["files"] in kinds and max(j["episodes"]) < len(self.episode_rows) for j in joins):
-                raise ValueError("it names files or episodes this dataset does not have")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{journal}: unreadable join journal ({exc}). Fix: restore the dataset from a "
-                               "copy; the journal is written only while a writer joins files") from exc
+        joins = read_join_journal(journal, {files.name: files for files in self._all_files()}, self.root,
+                                  len(self.episode_rows))
         logger.warning("%s: finishing the file joins a killed writer had started", journal)
         self._switch_to_joined(joins)
 
@@ -405,7 +412,7 @@ class DatasetWriter:
         return int(row["meta/episodes/chunk_index"]), int(row["meta/episodes/file_index"])
 
     def _metadata_path(self, location: Location) -> Path:
-        return self.root / chunk_file_path(DEFAULT_EPISODES_PATH, *location)
+        return dataset_file(self.root, chunk_file_path(DEFAULT_EPISODES_PATH, *location), "the episode table")
 
     def _next_metadata_location(self) -> Location:
         """The episode-table file the next episode's row goes to: the last one until it holds EPISODES_PER_FILE."""
@@ -420,19 +427,19 @@ class DatasetWriter:
         for location in sorted(locations):
             rows = [r for r in self.episode_rows if self._metadata_location(r) == location]
             ordered = [{k: r[k] for k in episode_column_order(r)} for r in rows]
-            write_parquet_atomic(pa.Table.from_pylist(ordered), self._metadata_path(location))
+            write_parquet(pa.Table.from_pylist(ordered), self._metadata_path(location))
 
     def _commit(self, n: int, stats: dict[str, dict[str, np.ndarray]]) -> None:
         """Tasks, stats, then info.json: the episode exists once info.json counts it."""
         write_tasks(self.root, self.tasks)
         self.dataset_stats = fold_stats(self.dataset_stats, stats)
-        write_json_atomic(self.root / STATS_PATH, stats_to_json(self.dataset_stats))
+        atomic_write_json(self.root / STATS_PATH, stats_to_json(self.dataset_stats))
         info = self.info
         info["total_episodes"] += 1
         info["total_frames"] += n
         info["total_tasks"] = len(self.tasks)
         info["splits"] = {"train": f"0:{info['total_episodes']}"}
-        write_json_atomic(self.root / INFO_PATH, info)
+        atomic_write_json(self.root / INFO_PATH, info)
 
     def finalize(self) -> None:
         """Join the open files (every saved episode is already committed); reports frames never saved."""
@@ -441,6 +448,7 @@ class DatasetWriter:
                            len(self.buffer))
         self.buffer = []
         self._close_runs([files for files in self._all_files() if files.run is not None])
+        self.lock.release()
 
     @property
     def meta(self):
@@ -451,6 +459,7 @@ class DatasetWriter:
     def discard(self) -> None:
         """Delete the whole dataset folder (e.g. a recording that produced nothing)."""
         shutil.rmtree(self.root, ignore_errors=True)
+        self.lock.release()
 
 
 def episode_stats(row: dict[str, Any]) -> FeatureStats:

@@ -32,16 +32,16 @@ import draccus
 import numpy as np
 
 from robotrain.configs.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS, FeatureType
-from robotrain.datasets.format import INFO_PATH, write_json_atomic
-from robotrain.datasets.hub import local_dataset_dir
-from robotrain.datasets.metadata import read_info
+from robotrain.datasets.format import INFO_PATH, read_info
+from robotrain.datasets.hub import DatasetLocation
 from robotrain.datasets.video import VideoEncoding
-from robotrain.datasets.writer import DatasetWriter
+from robotrain.datasets.writer import DatasetWriter, lock_dataset
 from robotrain.envs import experts
 from robotrain.envs.configs import EnvConfig
 from robotrain.envs.experts import Demonstration, Expert
 from robotrain.errors import ConfigError, UserError
-from robotrain.hub import is_valid_repo_id
+from robotrain.files import atomic_write_json
+from robotrain.hub import check_repo_id
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; spawned workers inherit it
 
@@ -59,6 +59,9 @@ VECTOR_NAMES: dict[tuple[str, str], list[str]] = {
     ("pusht", OBS_STATE): ["x", "y"],
     ("pusht", ACTION): ["x", "y"],
     ("pusht", OBS_ENV_STATE): [f"keypoint_{i}_{axis}" for i in range(8) for axis in "xy"],
+    # xArm: the grasp site relative to the table centre and the gripper opening; actions move the site, grip.
+    ("xarm", OBS_STATE): ["x", "y", "z", "gripper"],
+    ("xarm", ACTION): ["dx", "dy", "dz", "gripper"],
 }
 
 
@@ -67,7 +70,8 @@ class RecordSimConfig:
     """Record scripted-expert demonstrations in simulation as a LeRobot v3.0 dataset."""
 
     env: EnvConfig
-    """The simulated task, e.g. --env.type=aloha --env.task=AlohaTransferCube-v0; aloha and pusht have experts."""
+    """The simulated task, e.g. --env.type=aloha --env.task=AlohaTransferCube-v0; aloha, pusht and xarm have
+    experts."""
     repo_id: str
     """Dataset id, e.g. local/aloha_sim_transfer_cube_scripted; stored at $HF_LEROBOT_HOME/<repo_id> unless --root."""
     num_episodes: int = 50
@@ -84,12 +88,12 @@ class RecordSimConfig:
     """Seeds to try at most, counted over every run of this recording; null: 2 x num_episodes + 10."""
     vcodec: str = "libsvtav1"
     """Video codec: libsvtav1 (AV1, LeRobot's default), h264 or hevc."""
+    allow_nan: bool = False
+    """Record NaN or infinite values an expert produces instead of stopping with the feature and frame."""
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first unusable value."""
-        if not is_valid_repo_id(self.repo_id):
-            raise ConfigError("repo_id", self.repo_id or None, "is not a dataset id (letters, digits, '.', '_', '-', "
-                              "at most one '/')", "use an id such as local/aloha_sim_transfer_cube_scripted")
+        check_repo_id(self.repo_id, "repo_id")
         for name, low in (("num_episodes", 1), ("seed", 0), ("num_workers", 0), ("max_attempts", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
@@ -107,7 +111,7 @@ class RecordSimConfig:
 
     def dataset_root(self) -> Path:
         """--root, or $HF_LEROBOT_HOME/<repo_id>."""
-        return Path(self.root).expanduser() if self.root is not None else local_dataset_dir(self.repo_id)
+        return DatasetLocation(self.repo_id, self.root).local_dir
 
     def attempt_limit(self) -> int:
         return self.max_attempts if self.max_attempts is not None else 2 * self.num_episodes + 10
@@ -158,7 +162,7 @@ class RecordState:
         return sorted([e["seed"] for e in self.episodes if not e["success"]] + self.dropped_seeds)
 
     def save(self, root: Path) -> None:
-        write_json_atomic(root / SIDECAR_PATH, {"settings": self.settings, "episodes": self.episodes,
+        atomic_write_json(root / SIDECAR_PATH, {"settings": self.settings, "episodes": self.episodes,
                                                 "dropped_seeds": self.dropped_seeds})
 
 
@@ -185,9 +189,15 @@ def record_sim(cfg: RecordSimConfig, expert: Expert | None = None) -> RecordRepo
     expert = expert or experts.get_expert(cfg.env)  # an env without an expert fails before anything is written
     root = cfg.dataset_root()
     features = dataset_features(cfg.env)
+    with lock_dataset(root):  # held from the first check to the last write; the writer takes it again inside
+        return _record(cfg, root, features, expert, start)
+
+
+def _record(cfg: RecordSimConfig, root: Path, features: dict[str, dict[str, Any]], expert: Expert,
+            start: float) -> RecordReport:
     new_dataset, existed = not (root / INFO_PATH).is_file(), root.is_dir()
     state = open_recording(cfg, root, features)
-    writer = DatasetWriter.resume(cfg.repo_id, root, vcodec=cfg.vcodec)
+    writer = DatasetWriter.resume(cfg.repo_id, root, vcodec=cfg.vcodec, allow_nan=cfg.allow_nan)
     state.episodes = state.episodes[: writer.info["total_episodes"]]  # an entry past the count was never committed
     state.save(root)
     first_new = state.next_seed(cfg.seed)
@@ -218,7 +228,8 @@ def open_recording(cfg: RecordSimConfig, root: Path, features: dict[str, dict[st
     # Built beside root and renamed into place, so a kill leaves either no dataset or one that can be resumed.
     staging = root.parent / f".{root.name}.record-sim"
     shutil.rmtree(staging, ignore_errors=True)
-    DatasetWriter.create(cfg.repo_id, cfg.env.fps, features, root=staging, robot_type=cfg.env.type, vcodec=cfg.vcodec)
+    DatasetWriter.create(cfg.repo_id, cfg.env.fps, features, root=staging, robot_type=cfg.env.type,
+                         vcodec=cfg.vcodec).finalize()
     state = RecordState(settings=cfg.settings())
     state.save(staging)
     if root.is_dir():

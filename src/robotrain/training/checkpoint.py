@@ -7,7 +7,9 @@
 
 A checkpoint is written into checkpoints/.tmp-<step>, renamed into place, and only then is `last` switched (a new
 symlink renamed over the old one). Renames are atomic, so a reader sees the old checkpoint or the new one, never
-half of one. Leftover .tmp-* directories from a crash are removed when training starts.
+half of one. Leftover .tmp-* directories from a crash are removed when training starts. A full disk stops the run
+with a message naming the disk and the space needed, and `last` stays where it was. With --keep_last_checkpoints=K
+the older checkpoints are deleted after each save (never the one `last` points at).
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from robotrain.configs.train import (
-    CHECKPOINTS_DIR,
+from robotrain.configs.run import (
     LAST_CHECKPOINT_LINK,
     PRETRAINED_MODEL_DIR,
+    TMP_PREFIX,
     TRAIN_CONFIG_NAME,
     TRAINING_STATE_DIR,
-    TrainConfig,
-    save_config,
+    TRAINING_STEP,
+    RunDir,
+    read_training_step,
 )
+from robotrain.configs.train import TrainConfig, save_config
 from robotrain.errors import UserError
+from robotrain.files import atomic_write_json, human_bytes, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -41,59 +46,90 @@ OPTIMIZER_STATE = "optimizer_state.safetensors"
 OPTIMIZER_PARAM_GROUPS = "optimizer_param_groups.json"
 SCHEDULER_STATE = "scheduler_state.json"
 RNG_STATE = "rng_state.safetensors"
-TRAINING_STEP = "training_step.json"
-TMP_PREFIX = ".tmp-"
-
-
-def step_id(step: int, total_steps: int) -> str:
-    """Zero-padded to at least 6 digits (or the width of the total), so names sort in step order."""
-    return f"{step:0{max(6, len(str(total_steps)))}d}"
-
-
-def checkpoints_dir(output_dir: Path) -> Path:
-    return Path(output_dir) / CHECKPOINTS_DIR
 
 
 def save_checkpoint(output_dir: Path, step: int, cfg: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, samples: int) -> Path:
-    """Write checkpoint `step` atomically and point `last` at it; returns its directory."""
-    root = checkpoints_dir(output_dir)
-    final = root / step_id(step, cfg.steps)
+    """Write checkpoint `step` atomically, point `last` at it and prune old ones as asked; returns its directory."""
+    run = RunDir(output_dir)
+    final = run.checkpoint(step, cfg.steps)
     if final.is_dir():  # the same step saved before (a resumed run that ends where it began): identical state
-        _point_last_at(root, final.name)
+        _point_last_at(run.checkpoints, final.name)
         return final
-    tmp = root / f"{TMP_PREFIX}{final.name}"
+    tmp = run.checkpoints / f"{TMP_PREFIX}{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(tmp, step, cfg, policy, optimizer, scheduler, samples)
+        os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise _disk_full_error(run, step, policy) from None
+        raise
+    _fsync_dir(run.checkpoints)
+    _point_last_at(run.checkpoints, final.name)
+    logger.info("saved checkpoint %s", final)
+    if cfg.keep_last_checkpoints > 0:
+        _keep_newest(run, cfg.keep_last_checkpoints, final)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, cfg: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer,
+                      scheduler: Any, samples: int) -> None:
     model_dir, state_dir = tmp / PRETRAINED_MODEL_DIR, tmp / TRAINING_STATE_DIR
     policy.save_pretrained(model_dir)
     save_config(cfg, model_dir / TRAIN_CONFIG_NAME)
     state_dir.mkdir(parents=True)
     save_optimizer_state(optimizer, state_dir)
     if scheduler is not None:
-        _write_json(state_dir / SCHEDULER_STATE, scheduler.state_dict())
+        atomic_write_json(state_dir / SCHEDULER_STATE, scheduler.state_dict())
     save_file(rng_state(), str(state_dir / RNG_STATE))
-    _write_json(state_dir / TRAINING_STEP, {"step": step, "samples": samples, "batch_size": cfg.batch_size,
+    atomic_write_json(state_dir / TRAINING_STEP, {"step": step, "samples": samples, "batch_size": cfg.batch_size,
                                              "dp_world_size": 1, "grad_accum_steps": 1})
     _sync_tree(tmp)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _point_last_at(root, final.name)
-    logger.info("saved checkpoint %s", final)
-    return final
+
+
+def _disk_full_error(run: RunDir, step: int, policy: Any) -> UserError:
+    from robotrain.training.setup import checkpoint_bytes
+
+    free = shutil.disk_usage(run.path).free
+    last = run.latest_checkpoint()
+    kept = f"checkpoints/last still points at {last.name}" if last is not None else "no earlier checkpoint exists"
+    return UserError(f"the disk holding {run.path} is full: checkpoint {step} needs about "
+                     f"{human_bytes(checkpoint_bytes(policy))} and {human_bytes(free)} is free, so it was not saved "
+                     f"({kept}). Fix: free space on that disk (--keep_last_checkpoints=K keeps fewer checkpoints), "
+                     f"then resume with `robotrain train --output_dir={run.path} --resume=true`")
 
 
 def _point_last_at(root: Path, name: str) -> None:
+    """Switch `last` to checkpoint `name` in one rename. A `last` that is a real directory (a copy that followed
+    links, or a sync tool) is set aside first and deleted after: the new checkpoint is complete by then."""
     link = root / LAST_CHECKPOINT_LINK
     tmp_link = root / f"{TMP_PREFIX}{LAST_CHECKPOINT_LINK}"
     tmp_link.unlink(missing_ok=True)
     tmp_link.symlink_to(name)  # relative: the run directory can be moved
+    aside = None
+    if link.is_dir() and not link.is_symlink():
+        aside = root / f"{TMP_PREFIX}{LAST_CHECKPOINT_LINK}-copy"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(link, aside)
     os.replace(tmp_link, link)
     _fsync_dir(root)
+    if aside is not None:
+        shutil.rmtree(aside)
+
+
+def _keep_newest(run: RunDir, keep: int, current: Path) -> None:
+    """Delete all but the newest `keep` complete checkpoints (`current`, which `last` points at, always stays)."""
+    for old in run.complete_checkpoints()[:-keep]:
+        if old != current:
+            logger.info("removing %s (--keep_last_checkpoints=%d)", old, keep)
+            shutil.rmtree(old)
 
 
 def remove_partial_checkpoints(output_dir: Path) -> None:
     """Delete .tmp-* leftovers of a checkpoint that a crash interrupted (the complete ones are untouched)."""
-    root = checkpoints_dir(output_dir)
+    root = RunDir(output_dir).checkpoints
     if not root.is_dir():
         return
     for leftover in root.glob(f"{TMP_PREFIX}*"):
@@ -116,15 +152,15 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> N
             else:
                 scalars[f"{param_id}.{name}"] = value
     save_file(tensors, str(directory / OPTIMIZER_STATE))
-    _write_json(directory / OPTIMIZER_PARAM_GROUPS, {"param_groups": state["param_groups"], "scalars": scalars})
+    atomic_write_json(directory / OPTIMIZER_PARAM_GROUPS, {"param_groups": state["param_groups"], "scalars": scalars})
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    groups = json.loads((directory / OPTIMIZER_PARAM_GROUPS).read_text())
+    groups = _read_json(directory / OPTIMIZER_PARAM_GROUPS)
     if isinstance(groups, list):  # LeRobot writes the list of groups alone
         groups = {"param_groups": groups, "scalars": {}}
     state: dict[int, dict[str, Any]] = {}
-    for key, tensor in load_file(str(directory / OPTIMIZER_STATE)).items():
+    for key, tensor in read_safetensors(directory / OPTIMIZER_STATE).items():
         _, param_id, name = key.split(".", 2)
         state.setdefault(int(param_id), {})[name] = tensor
     for key, value in groups["scalars"].items():
@@ -186,25 +222,36 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
         if not (state_dir / name).is_file():
             raise UserError(f"cannot resume from {checkpoint}: {TRAINING_STATE_DIR}/{name} is missing. Fix: resume "
                             "from a complete checkpoint (checkpoints/last always is one), or start a new run")
-    info = json.loads((state_dir / TRAINING_STEP).read_text())
-    step = int(info["step"])
-    samples = int(info.get("samples", step * int(info.get("batch_size", 0))))
+    info = read_training_step(checkpoint)
     try:
         load_optimizer_state(optimizer, state_dir)
     except (ValueError, KeyError) as exc:
         raise UserError(f"cannot resume from {checkpoint}: its optimizer state does not fit this run ({exc}). "
                         "Fix: resume with the same policy and optimizer settings") from None
     if scheduler is not None and (state_dir / SCHEDULER_STATE).is_file():
-        scheduler.load_state_dict(json.loads((state_dir / SCHEDULER_STATE).read_text()))
-    set_rng_state(load_file(str(state_dir / RNG_STATE)))
-    return step, samples
+        scheduler.load_state_dict(_read_json(state_dir / SCHEDULER_STATE))
+    set_rng_state(read_safetensors(state_dir / RNG_STATE))
+    return info["step"], info["samples"]
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; a UserError naming it when it is truncated or not safetensors."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError (no common base with OSError)
+        raise UserError(f"{path} is damaged ({str(exc).splitlines()[0]}). Fix: resume from another checkpoint of "
+                        "the run, or restore the file") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc}). Fix: resume from another checkpoint of the run, or restore "
+                        "the file") from None
 
 
 # ---- files -------------------------------------------------------------------------------------------------
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=4) + "\n")
-
-
 def _sync_tree(root: Path) -> None:
     """fsync every file, so a renamed checkpoint is on disk even after a power loss, not only a process crash."""
     for path in root.rglob("*"):

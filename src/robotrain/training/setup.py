@@ -18,6 +18,7 @@ from robotrain.configs.types import ACTION, OBS_PREFIX, REWARD
 from robotrain.datasets.dataset import LeRobotDataset
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
 from robotrain.errors import ConfigError, UserError
+from robotrain.files import WriterLock, acquire_writer_lock, folder_lock_path, human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,19 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, camera_keys: li
 
 
 def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group: data workers ignore it so the trainer can save and stop cleanly."""
+    """Ctrl-C, and the SIGTERM a cluster scheduler or systemd sends, reach the whole process group: data workers
+    ignore both, so the trainer can finish its step, save and stop them itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def lock_run(output_dir: Path) -> WriterLock:
+    """This process as the only one training into `output_dir` (the parser refuses a live holder earlier)."""
+    def busy(pid: int | None) -> UserError:
+        return ConfigError("output_dir", output_dir, f"is being written by process {pid or 'another process'}, which "
+                           "trains into it now", "wait for it to finish or stop it, or choose another --output_dir")
+
+    return acquire_writer_lock(folder_lock_path(output_dir), busy)
 
 
 def checkpoint_bytes(policy: torch.nn.Module, optimizer_states_per_param: int = 2) -> int:
@@ -108,6 +120,6 @@ def check_disk_space(output_dir: Path, needed: int) -> None:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if free < 2 * needed:
-        raise UserError(f"--output_dir={output_dir}: only {free / 2**30:.2f} GiB free, and each checkpoint needs "
-                        f"{needed / 2**30:.2f} GiB (room for two is required). Fix: free disk space or choose an "
+        raise UserError(f"--output_dir={output_dir}: only {human_bytes(free)} free, and each checkpoint needs "
+                        f"{human_bytes(needed)} (room for two is required). Fix: free disk space or choose an "
                         "--output_dir on a larger disk")

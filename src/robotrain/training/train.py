@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
-from robotrain.configs.train import TrainConfig, config_to_dict
+from robotrain.configs.run import RunPlan, step_id
+from robotrain.configs.train import TrainConfig, config_to_dict, save_config
 from robotrain.devices import resolve_device
+from robotrain.errors import UserError
 from robotrain.memory import reuse_freed_memory
 from robotrain.training import checkpoint as ckpt
 from robotrain.training.metrics import (
@@ -40,6 +42,7 @@ from robotrain.training.setup import (
     checkpoint_bytes,
     dataset_stats,
     ignore_interrupts_in_worker,
+    lock_run,
     make_dataset,
     set_seed,
 )
@@ -82,34 +85,48 @@ class StopRequest:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) the training `cfg` describes."""
+    """Run (or resume) the training `cfg` describes: setup, then the loop, then the end."""
     from robotrain.policies.factory import make_policy
 
-    output_dir = Path(cfg.output_dir)
+    plan, output_dir = cfg.plan, Path(cfg.output_dir)
     reuse_freed_memory()  # every step reallocates the same large buffers: keep their pages mapped
     set_seed(cfg.seed)
     device = resolve_device(cfg.policy.device)
 
     dataset = make_dataset(cfg)
     policy = make_policy(cfg.policy, ds_meta=dataset.meta, dataset_stats=dataset_stats(cfg, dataset),
-                         use_dataset_stats=not cfg.resume, adapt_features=cfg.adapt_features)
+                         use_dataset_stats=not plan.resumes, adapt_features=cfg.adapt_features)
     optimizer = cfg.optimizer.build(policy.get_optim_params())
     scheduler = cfg.scheduler.build(optimizer, cfg.steps) if cfg.scheduler is not None else None
-    check_disk_space(output_dir, checkpoint_bytes(policy))  # before anything is written
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_partial_checkpoints(output_dir)
-    logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
-    step, samples = 0, 0
-    if cfg.resume:
-        step, samples = ckpt.load_training_state(cfg.checkpoint_path, optimizer, scheduler)
-        logger.info("resuming from step %d (%s)", step, cfg.checkpoint_path)
+    with lock_run(output_dir):  # nothing is written before this point
+        step, samples = _start_run(cfg, plan, policy, optimizer, scheduler)
+        return _loop(cfg, output_dir, dataset, policy, optimizer, scheduler, device, step, samples)
 
+
+def _start_run(cfg: TrainConfig, plan: RunPlan, policy: Any, optimizer: torch.optim.Optimizer,
+               scheduler: Any) -> tuple[int, int]:
+    """Prepare the run folder and, when resuming, restore the training state; returns (step, samples)."""
+    ckpt.remove_partial_checkpoints(plan.output_dir)  # first: their space counts as free
+    check_disk_space(plan.output_dir, checkpoint_bytes(policy))
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, plan.run.config_file)  # what a restart reads, should the run stop before its first checkpoint
+    logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
+    if not plan.resumes:
+        return 0, 0
+    step, samples = ckpt.load_training_state(plan.checkpoint, optimizer, scheduler)
+    logger.info("resuming from step %d (%s)", step, plan.checkpoint)
+    return step, samples
+
+
+def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, policy: Any, optimizer: torch.optim.Optimizer,
+          scheduler: Any, device: torch.device, step: int, samples: int) -> TrainResult:
+    """The training loop: batches, updates, log lines, checkpoints and evaluations until cfg.steps or a signal."""
     starts, ends = dataset.episode_bounds()
     sampler = EpisodeAwareSampler(starts, ends, drop_n_last_frames=cfg.policy.sample_end_margin,
                                   seed=cfg.seed or 0)
     sampler.load_state_dict(sampler.state_after(samples))
     loader = make_loader(cfg, dataset, sampler, device)
-    run_log = RunLog(output_dir, start_wandb(cfg, cfg.resume))
+    run_log = RunLog(output_dir, start_wandb(cfg, cfg.plan.resumes))
     run_log.truncate_after(step)
     evaluator = make_evaluator(cfg, policy, output_dir)
     _log_banner(cfg, dataset, policy, device)
@@ -124,7 +141,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     with StopRequest() as stop, _progress(cfg.steps, step) as progress:
         while step < cfg.steps and stop.signal_name is None:
             start = time.perf_counter()
-            batch = batch_to_device(next(batches), device, camera_keys)
+            batch = batch_to_device(next_batch(batches), device, camera_keys)
             data_s = time.perf_counter() - start
             try:
                 metrics = update_policy(policy, batch, optimizer, scheduler, cfg.optimizer.grad_clip_norm, amp)
@@ -156,6 +173,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     if run_log.wandb_run is not None:
         run_log.wandb_run.finish()
     return TrainResult(output_dir, step, saved, stop.signal_name)
+
+
+def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The next batch; a user error raised in a loader worker comes back as its own one line, not as the worker's
+    traceback text that the DataLoader wraps around it."""
+    try:
+        return next(batches)
+    except UserError as exc:
+        text = str(exc)
+        if "Original Traceback" not in text:
+            raise
+        last = text.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if last.startswith(type(exc).__name__) and ": " in last else last
+        raise UserError(message) from None
 
 
 def update_policy(policy: torch.nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -204,7 +235,7 @@ def make_evaluator(cfg: TrainConfig, policy: torch.nn.Module, output_dir: Path) 
     evaluator.check_policy(policy)
 
     def evaluate(step: int) -> dict[str, float]:
-        videos = output_dir / "eval" / f"videos_step_{ckpt.step_id(step, cfg.steps)}"
+        videos = output_dir / "eval" / f"videos_step_{step_id(step, cfg.steps)}"
         rng = ckpt.rng_state()  # evaluation draws random numbers too: training's stream must not notice
         try:
             info = evaluator.run(policy, videos_dir=videos, max_videos=4)
