@@ -36,7 +36,7 @@ from pathlib import Path
 
 from robotrain.datasets.format import INFO_PATH
 from robotrain.errors import ConfigError, UserError, did_you_mean
-from robotrain.files import human_bytes
+from robotrain.files import atomic_write_text, human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def record_owner(directory: Path, repo_id: str, root: Path, cameras: list[str]) 
     if entry in record["datasets"]:
         return
     record["datasets"].append(entry)
-    temporary = directory / f"{OWNER_NAME}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(record, indent=2))
-    os.replace(temporary, directory / OWNER_NAME)  # readers never see half a file
+    atomic_write_text(directory / OWNER_NAME, json.dumps(record, indent=2))  # readers never see half a file
 
 
 def _read_record(directory: Path) -> dict | None:

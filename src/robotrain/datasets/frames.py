@@ -15,7 +15,6 @@ same with or without the cache.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -38,6 +37,7 @@ from robotrain.datasets.frame_cache_store import (
 )
 from robotrain.datasets.video import DecoderCache
 from robotrain.errors import ConfigError
+from robotrain.files import atomic_write_json
 
 if TYPE_CHECKING:
     from robotrain.datasets.dataset import LeRobotDataset
@@ -167,7 +167,7 @@ class FrameCache:
             array.flush()
             del array
             os.replace(partial, self.file(key))
-            (self.directory / f"{key}.json").write_text(json.dumps({"shape": shape}))
+            atomic_write_json(self.directory / f"{key}.json", {"shape": shape})  # the commit mark: written last
         _DECODERS.clear()  # the sequential decoders hold all-core threads; workers forked later need none
 
     def _decode_episode(self, key: str, episode: int, array: np.ndarray) -> int:

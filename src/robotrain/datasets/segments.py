@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from robotrain.datasets.format import JOIN_JOURNAL, DatasetError, chunk_file_path, dataset_file, next_chunk_file
 from robotrain.datasets.video import concatenate_videos
-from robotrain.files import is_temporary
+from robotrain.files import is_temporary, temporary_path
 
 Location = tuple[int, int]  # (chunk_index, file_index)
 
@@ -81,7 +81,7 @@ class EpisodeFiles:
 
 def join_segments(sources: list[Path], target: Path, is_video: bool) -> list[float]:
     """Write the concatenation of `sources` at `target` (atomically); returns each source's start time (s)."""
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = temporary_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if len(sources) == 1:
         try:

@@ -144,9 +144,28 @@ def _check_data_columns(info: dict[str, Any], rel: str, table: pa.Table, problem
                 problems.add(rel, f"column '{key}' is {column_type}, not an image struct with PNG bytes")
             continue
         try:
-            arrow_column_to_numpy(table[key], feature["shape"])
+            values = arrow_column_to_numpy(table[key], feature["shape"])
         except (DatasetError, pa.ArrowException, ValueError, TypeError) as exc:
             problems.add(rel, f"column '{key}': {exc}")
+            continue
+        _check_finite(rel, key, values, table, problems)
+
+
+def _check_finite(rel: str, key: str, values: np.ndarray, table: pa.Table, problems: Problems) -> None:
+    """NaN or infinite numbers in a column, named with the episodes that hold them."""
+    if values.dtype.kind != "f":
+        return
+    bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if not bad_rows.any():
+        return
+    kinds = " and ".join(word for word, present in (("NaN", np.isnan(values).any()),
+                                                    ("infinite", np.isinf(values).any())) if present)
+    episodes = None
+    if "episode_index" in table.column_names:
+        episodes = sorted({int(e) for e in table["episode_index"].to_numpy()[bad_rows]})
+    problems.add(rel, f"column '{key}' holds {kinds} values in {int(bad_rows.sum())} frame(s); they make the "
+                 "statistics and a policy's training NaN. Fix: re-record those episodes, or leave them out with "
+                 "--dataset.episodes", episodes)
 
 
 def _index_columns(table: pa.Table) -> dict[str, np.ndarray]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError
+from robotrain.files import temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,6 @@ class VideoEncoding:
         return options
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-
-
 def _open_encoder(container: Any, encoding: VideoEncoding, fps: int, height: int, width: int) -> Any:
     try:
         av.codec.Codec(encoding.vcodec, "w")
@@ -118,7 +114,7 @@ def encode_video(frames: Iterable[np.ndarray], path: Path, fps: int,
     """Encode (H, W, 3) uint8 RGB frames into an mp4 at `path`, frame i at i/fps; returns the frame count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    tmp = temporary_path(path)
     try:
         count = _encode_into(frames, tmp, fps, encoding)
         if count == 0:
@@ -176,7 +172,7 @@ class VideoConcatenator:
     def __init__(self, dst: Path):
         self.dst = Path(dst)
         self.bytes_in = 0  # the appended files' total size, for size caps
-        self._tmp = _temp_path(self.dst)
+        self._tmp = temporary_path(self.dst)
         self._out: Any = None
         self._out_stream: Any = None
         self._first: dict[str, Any] = {}  # what every later source must match (see _describe)

@@ -12,7 +12,6 @@ import html
 import io
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from robotrain.datasets.inspect import flatten_names
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
 from robotrain.datasets.validate import camera_layout
 from robotrain.datasets.video import VideoDecoder, VideoEncoding, encode_video
+from robotrain.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +75,10 @@ def visualize_episode(cfg: VisualizeConfig) -> Path:
     tasks = meta.episodes["tasks"][cfg.episode].as_py() or []
     page = render_page(cfg.repo_id, cfg.episode, " / ".join(tasks), meta.fps, len(dataset), cameras, plots)
     output = Path(cfg.output).expanduser() if cfg.output is not None else default_output(cfg.repo_id, cfg.episode)
-    write_text_atomic(output, page)
+    atomic_write_text(output, page)
     logger.debug("wrote %s (%d bytes)", output, len(page))
     return output
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write so that a reader (or a crash) never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def dimension_names(names: object, size: int) -> list[str]:

@@ -35,6 +35,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from robotrain.configs.types import FeatureType, PolicyFeature  # noqa: E402
 from robotrain.envs.configs import EnvConfig  # noqa: E402
 from robotrain.errors import ConfigError, UserError  # noqa: E402
+from robotrain.signals import shield_helper  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -62,13 +63,14 @@ def make_env(cfg: EnvConfig, n_envs: int = 1, use_async: bool = False) -> Vector
     if n_envs < 1:
         raise ValueError(f"n_envs must be at least 1, got {n_envs}")
     prepare_env(cfg)
-    env_fns = [functools.partial(build_env, cfg) for _ in range(n_envs)]
     if use_async and n_envs > 1:
+        # Each worker ignores the group's stop signals (see robotrain.signals): this process stops them.
+        env_fns = [functools.partial(build_env, cfg, os.getpid()) for _ in range(n_envs)]
         # fork would copy this process's OpenGL/EGL state and torch's threads into the children: unsafe.
         methods = multiprocessing.get_all_start_methods()
         context = "forkserver" if "forkserver" in methods else "spawn"
         return AsyncVectorEnv(env_fns, context=context, autoreset_mode=AUTORESET_MODE)
-    return SyncVectorEnv(env_fns, autoreset_mode=AUTORESET_MODE)
+    return SyncVectorEnv([functools.partial(build_env, cfg) for _ in range(n_envs)], autoreset_mode=AUTORESET_MODE)
 
 
 def make_single_env(cfg: EnvConfig) -> gym.Env:
@@ -86,8 +88,11 @@ def prepare_env(cfg: EnvConfig) -> None:
     check_rendering(cfg)
 
 
-def build_env(cfg: EnvConfig) -> gym.Env:
-    """gym.make for cfg (module level so AsyncVectorEnv can pickle it into its workers)."""
+def build_env(cfg: EnvConfig, owner_pid: int | None = None) -> gym.Env:
+    """gym.make for cfg (module level so AsyncVectorEnv can pickle it into its workers, which pass the pid of the
+    process that owns them)."""
+    if owner_pid is not None:
+        shield_helper(owner_pid)
     import_sim(cfg)  # a fresh worker process must register the gym ids too
     env = gym.make(cfg.gym_id, disable_env_checker=True, **cfg.gym_kwargs)
     if cfg.type == "aloha":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from robotrain.configs.train import EvalPipelineConfig
+from robotrain.files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +34,4 @@ def run_eval(cfg: EvalPipelineConfig) -> dict[str, Any]:
 
 
 def write_eval_info(info: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, info)

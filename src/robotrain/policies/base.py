@@ -13,9 +13,7 @@ Normalization statistics are buffers of the model (see normalize.py): the two fi
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +24,7 @@ from torch import nn
 
 from robotrain.configs.policies import PolicyConfig
 from robotrain.errors import ConfigError, UserError
+from robotrain.files import atomic_write, atomic_write_json
 from robotrain.policies.normalize import Normalizer
 
 logger = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ class Policy(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         data = draccus.encode(self.config, PolicyConfig)
         data.pop("pretrained_path", None)  # where the weights came from is not part of the model
-        _write_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(data, indent=4) + "\n"))
-        _write_atomically(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp)))
+        atomic_write_json(directory / CONFIG_NAME, data)
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_model(self, str(tmp)))
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | Path, config: PolicyConfig | None = None,
@@ -144,6 +143,18 @@ def apply_overrides(config: PolicyConfig, overrides: Mapping[str, Any]) -> Polic
     return config
 
 
+def check_weights_file(weights: Path) -> None:
+    """A UserError naming `weights` when it is truncated or not a safetensors file (its header says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as file:
+            file.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError, not an OSError
+        raise UserError(f"{weights} is damaged ({str(exc).splitlines()[0]}): it cannot be loaded. Fix: use another "
+                        "checkpoint of the run, or restore the file (a copy that was cut short?)") from None
+
+
 def load_weights(policy: nn.Module, weights: Path, strict: bool = True, need_stats: bool = True) -> None:
     """Load model.safetensors into `policy`; a mismatch names the first differing tensor.
 
@@ -155,6 +166,7 @@ def load_weights(policy: nn.Module, weights: Path, strict: bool = True, need_sta
 
     from robotrain.policies.lerobot_checkpoint import load_lerobot_checkpoint, needs_lerobot_loader
 
+    check_weights_file(weights)
     if needs_lerobot_loader(policy, weights):
         load_lerobot_checkpoint(policy, weights, strict=strict, need_stats=need_stats)
         return
@@ -168,8 +180,3 @@ def load_weights(policy: nn.Module, weights: Path, strict: bool = True, need_sta
         raise UserError(f"{weights} does not fit this policy: {len(missing)} missing and {len(unexpected)} unexpected "
                         f"tensors (e.g. {first}). Fix: load it with the config.json saved beside it")
 
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -129,12 +129,13 @@ def build_without_backbone_download(policy_cls: type[Policy], cfg: PolicyConfig)
 def _load_pretrained_weights(policy: Policy, directory: Path, adapt: bool, need_stats: bool) -> None:
     from safetensors.torch import load_file
 
-    from robotrain.policies.base import WEIGHTS_NAME, load_weights
+    from robotrain.policies.base import WEIGHTS_NAME, check_weights_file, load_weights
     from robotrain.policies.lerobot_checkpoint import map_lerobot_weight_names
 
     if not adapt:
         load_weights(policy, directory / WEIGHTS_NAME, need_stats=need_stats)
         return
+    check_weights_file(directory / WEIGHTS_NAME)
     # Keep every tensor whose shape still fits; layers fed by changed features keep their fresh initialization.
     # A LeRobot checkpoint's names are mapped first, or its Diffusion backbone would not fit by name.
     saved = map_lerobot_weight_names(load_file(str(directory / WEIGHTS_NAME)), policy.config.type)

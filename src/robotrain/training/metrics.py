@@ -8,6 +8,7 @@ plots/ holds loss, lr, grad norm and eval success curves drawn from it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robotrain.errors import UserError
+from robotrain.files import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +101,8 @@ class RunLog:
         """On resume, drop rows past the checkpoint's step (they came from the part of the run being redone)."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip()
-                and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        kept = [json.dumps(row) for row in read_metrics(self.path) if row.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 
 def _is_number(value: Any) -> bool:
@@ -111,9 +110,23 @@ def _is_number(value: Any) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a line that is not a JSON object (the half line a crash or a full disk left) is
+    skipped with a warning: plots and resumes never fail on it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logger.warning("%s, line %d: not a metrics row (cut short by a crash?); skipped", path, number)
+    return rows
 
 
 def draw_plots(output_dir: Path) -> list[Path]:
@@ -143,10 +156,8 @@ def draw_plots(output_dir: Path) -> list[Path]:
         ax.set_title(f"{kind} {key}")
         fig.tight_layout()
         path = plots_dir / f"{name}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
+        atomic_write(path, functools.partial(fig.savefig, format="png"))
         plt.close(fig)
-        tmp.replace(path)
         written.append(path)
     return written
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from robotrain.configs.policies import PolicyConfig
 from robotrain.configs.train import TrainConfig
 from robotrain.configs.types import ACTION, OBS_PREFIX, REWARD
 from robotrain.datasets.dataset import LeRobotDataset
+from robotrain.datasets.format import DatasetError
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
 from robotrain.errors import ConfigError, UserError
 from robotrain.files import WriterLock, acquire_writer_lock, folder_lock_path, human_bytes
@@ -59,11 +59,33 @@ def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
         raise ConfigError("dataset.image_transforms.enable", True, "is not available in this version of robotrain",
                           "drop it (Diffusion Policy crops randomly inside the model already)")
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, cfg.dataset.root, cfg.dataset.revision, cfg.dataset.episodes)
-    return LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
-                          delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
-                          revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend, return_uint8=True,
-                          frame_cache=cfg.dataset.frame_cache, meta=meta,
-                          frame_size=cfg.policy.camera_frame_size)
+    dataset = LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
+                             delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
+                             revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend,
+                             return_uint8=True, frame_cache=cfg.dataset.frame_cache, meta=meta,
+                             frame_size=cfg.policy.camera_frame_size)
+    used = [k for k in dataset.columns if k.startswith(OBS_PREFIX) or k == ACTION
+            or (k == REWARD and cfg.policy.reward_delta_indices is not None)]
+    check_finite(dataset, used)
+    return dataset
+
+
+def check_finite(dataset: LeRobotDataset, keys: list[str]) -> None:
+    """Stop before training when a column the policy reads holds NaN or infinite values: the loss would turn NaN
+    at some step far from the cause. The message names the feature and the episodes."""
+    from robotrain.datasets.validate_metadata import episodes_label
+
+    for key in keys:
+        column = dataset.columns[key]
+        if not column.is_floating_point():
+            continue
+        bad = ~torch.isfinite(column.reshape(len(column), -1)).all(dim=1)
+        if bad.any():
+            episodes = sorted(set(dataset.columns["episode_index"][bad].tolist()))
+            raise DatasetError(f"dataset {dataset.repo_id}: '{key}' holds NaN or infinite values in "
+                               f"{int(bad.sum())} frame(s) ({episodes_label(episodes)}); the loss would become NaN. "
+                               "Fix: leave those episodes out with --dataset.episodes=[...], or re-record them "
+                               "(`robotrain dataset validate` lists every one)")
 
 
 def dataset_stats(cfg: TrainConfig, dataset: LeRobotDataset) -> dict[str, dict[str, Any]]:
@@ -88,13 +110,6 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, camera_keys: li
                 value = value.float().div_(255)
         out[key] = value
     return out
-
-
-def ignore_interrupts_in_worker(_worker_id: int) -> None:
-    """Ctrl-C, and the SIGTERM a cluster scheduler or systemd sends, reach the whole process group: data workers
-    ignore both, so the trainer can finish its step, save and stop them itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def lock_run(output_dir: Path) -> WriterLock:

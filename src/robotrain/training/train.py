@@ -7,10 +7,11 @@ an uninterrupted run's bit for bit.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import signal
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,6 +26,7 @@ from robotrain.configs.train import TrainConfig, config_to_dict, save_config
 from robotrain.devices import resolve_device
 from robotrain.errors import UserError
 from robotrain.memory import reuse_freed_memory
+from robotrain.signals import StopRequest, shield_helper
 from robotrain.training import checkpoint as ckpt
 from robotrain.training.metrics import (
     RunLog,
@@ -41,7 +43,6 @@ from robotrain.training.setup import (
     check_disk_space,
     checkpoint_bytes,
     dataset_stats,
-    ignore_interrupts_in_worker,
     lock_run,
     make_dataset,
     set_seed,
@@ -60,28 +61,6 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves a checkpoint and returns."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-        logger.warning("%s received: finishing this step, saving a checkpoint, then stopping", self.signal_name)
-        signal.signal(signum, self._previous[signum])  # a second signal acts at once (checkpoints stay atomic)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -105,16 +84,17 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def _start_run(cfg: TrainConfig, plan: RunPlan, policy: Any, optimizer: torch.optim.Optimizer,
                scheduler: Any) -> tuple[int, int]:
-    """Prepare the run folder and, when resuming, restore the training state; returns (step, samples)."""
+    """Restore the training state when resuming (a damaged one stops the run before anything is written), then
+    prepare the run folder; returns (step, samples)."""
+    step, samples = 0, 0
+    if plan.resumes:
+        step, samples = ckpt.load_training_state(plan.checkpoint, optimizer, scheduler)
+        logger.info("resuming from step %d (%s)", step, plan.checkpoint)
     ckpt.remove_partial_checkpoints(plan.output_dir)  # first: their space counts as free
     check_disk_space(plan.output_dir, checkpoint_bytes(policy))
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, plan.run.config_file)  # what a restart reads, should the run stop before its first checkpoint
     logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
-    if not plan.resumes:
-        return 0, 0
-    step, samples = ckpt.load_training_state(plan.checkpoint, optimizer, scheduler)
-    logger.info("resuming from step %d (%s)", step, plan.checkpoint)
     return step, samples
 
 
@@ -184,9 +164,9 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         text = str(exc)
         if "Original Traceback" not in text:
             raise
-        last = text.rstrip().splitlines()[-1]
-        message = last.split(": ", 1)[1] if last.startswith(type(exc).__name__) and ": " in last else last
-        raise UserError(message) from None
+        last = text.rstrip().splitlines()[-1]  # "<module>.<ErrorType>: <message>", as the traceback ends
+        name, _, message = last.partition(": ")
+        raise UserError(message if name.endswith(type(exc).__name__) else last) from None
 
 
 def update_policy(policy: torch.nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -218,11 +198,16 @@ def make_loader(cfg: TrainConfig, dataset: Any, sampler: EpisodeAwareSampler,
     from robotrain.datasets.loader import loader_options
 
     options = loader_options(dataset, cfg.num_workers, pin_memory=device.type == "cuda")
-    if options["num_workers"] > 0:
-        options["worker_init_fn"] = ignore_interrupts_in_worker
+    if options["num_workers"] > 0:  # a group SIGTERM is for the trainer: it saves, then stops its workers
+        options["worker_init_fn"] = functools.partial(shield_worker, os.getpid())
     # A private generator: creating the loader's iterator must not draw from the global RNG (exact resume).
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                        generator=torch.Generator(), **options)
+
+
+def shield_worker(owner_pid: int, _worker_id: int) -> None:
+    """worker_init_fn of the data loader (see robotrain.signals)."""
+    shield_helper(owner_pid)
 
 
 def make_evaluator(cfg: TrainConfig, policy: torch.nn.Module, output_dir: Path) -> Any:
