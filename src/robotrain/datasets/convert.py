@@ -39,7 +39,6 @@ from robotrain.datasets.format import (
     DEFAULT_FEATURES,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
     DEFAULT_VIDEO_PATH,
-    INFO_KEYS,
     INFO_PATH,
     LEGACY_EPISODES_PATH,
     LEGACY_EPISODES_STATS_PATH,
@@ -48,6 +47,7 @@ from robotrain.datasets.format import (
     STATS_PATH,
     DatasetError,
     chunk_file_path,
+    new_info,
     next_chunk_file,
     write_parquet,
 )
@@ -492,17 +492,13 @@ class V3Writer:
         return stats
 
     def _info(self) -> dict[str, Any]:
-        """The v3.0 info.json: v2.x-only keys dropped, templates, caps and totals set; other keys kept."""
-        info = {k: v for k, v in self.source.info.items() if k not in LEGACY_ONLY_INFO_KEYS}
-        info.update({
-            "codebase_version": CODEBASE_VERSION, "fps": self.fps, "features": self.features,
-            "total_episodes": len(self.rows), "total_frames": self.frames, "total_tasks": len(self.source.tasks),
-            "chunks_size": DEFAULT_CHUNK_SIZE, "data_files_size_in_mb": self.cfg.data_files_size_in_mb,
-            "video_files_size_in_mb": self.cfg.video_files_size_in_mb, "data_path": DEFAULT_DATA_PATH,
-            "video_path": DEFAULT_VIDEO_PATH if self.video_at else None,
-            "robot_type": self.source.info.get("robot_type"), "splits": {"train": f"0:{len(self.rows)}"},
-        })
-        return {**{k: info[k] for k in INFO_KEYS}, **{k: v for k, v in info.items() if k not in INFO_KEYS}}
+        """The v3.0 info.json: the writer's, with totals set; keys only v2.x had dropped, other keys kept."""
+        info = new_info(self.fps, self.features, self.source.info.get("robot_type"), DEFAULT_CHUNK_SIZE,
+                        self.cfg.data_files_size_in_mb, self.cfg.video_files_size_in_mb)
+        info.update(total_episodes=len(self.rows), total_frames=self.frames, total_tasks=len(self.source.tasks),
+                    splits={"train": f"0:{len(self.rows)}"})
+        kept = {k: v for k, v in self.source.info.items() if k not in LEGACY_ONLY_INFO_KEYS and k not in info}
+        return {**info, **kept}
 
 
 # ---- the conversion ----------------------------------------------------------------------------------------

@@ -134,10 +134,11 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
 def new_info(fps: int, features: dict[str, dict[str, Any]], robot_type: str | None, chunks_size: int,
              data_files_size_in_mb: int, video_files_size_in_mb: int) -> dict[str, Any]:
-    """info.json of an empty dataset with these user features (the index features are added)."""
+    """info.json of an empty dataset with these features (the index features are added where absent)."""
     has_video = any(f["dtype"] == "video" for f in features.values())
+    defaults = {k: v for k, v in DEFAULT_FEATURES.items() if k not in features}
     return {
-        "codebase_version": CODEBASE_VERSION, "fps": fps, "features": {**features, **DEFAULT_FEATURES},
+        "codebase_version": CODEBASE_VERSION, "fps": fps, "features": {**features, **defaults},
         "total_episodes": 0, "total_frames": 0, "total_tasks": 0, "chunks_size": chunks_size,
         "data_files_size_in_mb": data_files_size_in_mb, "video_files_size_in_mb": video_files_size_in_mb,
         "data_path": DEFAULT_DATA_PATH, "video_path": DEFAULT_VIDEO_PATH if has_video else None,
@@ -237,7 +238,8 @@ def read_tasks(root: Path) -> list[str]:
 
 def read_episodes(root: Path, with_stats: bool = False) -> pa.Table:
     """Every row of meta/episodes/*/*.parquet, ordered by episode_index (per-episode stats dropped unless asked)."""
-    files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
+    files = [dataset_file(root, path.relative_to(root), "a meta/episodes file")
+             for path in sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))]
     if not files:
         raise DatasetError(f"{root / EPISODES_DIR} holds no episode files. Fix: re-download or restore the dataset")
     tables = []

@@ -150,9 +150,10 @@ def read_join_journal(journal: Path, kinds: dict[str, EpisodeFiles], root: Path,
             for segment in join["segments"]:
                 if not isinstance(segment, str) or not fnmatch.fnmatch(segment, pattern):
                     raise ValueError(f"'segments' lists {segment!r}, which is not a {files.name} file ({pattern})")
-                dataset_file(root, segment, f"{JOIN_JOURNAL} segments")
-    except DatasetError:
-        raise
+                try:
+                    dataset_file(root, segment, "it")
+                except DatasetError:
+                    raise ValueError(f"'segments' lists {segment!r}, which lies outside the dataset") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{journal}: damaged join journal ({exc}). Fix: restore the dataset from a copy; the "
                            "journal is written only while a writer joins files") from None
