@@ -66,7 +66,9 @@ def cmd_train(argv: list[str]) -> int:
     except TrainingDiverged as diverged:
         print(f"robotrain train: stopped: {diverged}", file=sys.stderr)
         return EXIT_FAILED
-    resume = f"robotrain train --config_path={result.output_dir}/checkpoints/last/pretrained_model --resume=true"
+    if not result.is_main:  # rank 0 of a multi-process job reports for all
+        return EXIT_OK if result.stopped_by is None else EXIT_INTERRUPTED
+    resume = f"robotrain train --output_dir={result.output_dir} --resume=true"
     if result.stopped_by is not None:
         where = f"checkpoint saved at {result.checkpoint}" if result.checkpoint else "no checkpoint (saving is off)"
         print(f"stopped by {result.stopped_by} at step {result.step}; {where}. Continue with:\n  {resume}",

@@ -1,6 +1,9 @@
-"""Device selection: `null` picks the best available; an unavailable device is a user error, not a crash."""
+"""Device and precision: `null` picks the best device; an unavailable device or precision is a user error."""
 
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
 
 import torch
 
@@ -33,3 +36,46 @@ def resolve_device(name: str | None) -> torch.device:
         raise ConfigError("policy.device", name, "is not available on this machine",
                           f"use --policy.device={best_device().type}, or leave it unset to pick the best one")
     return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the policy computes: fp32, or bf16 autocast over fp32 master weights (--policy.use_amp=true)."""
+
+    device_type: str
+    dtype: torch.dtype | None = None  # None: fp32 throughout
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context forward passes run in (backward follows the dtypes autocast chose)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @property
+    def label(self) -> str:
+        return "fp32" if self.dtype is None else "bf16 autocast, fp32 weights and optimizer"
+
+
+def bf16_native(device: torch.device | str | None) -> bool:
+    """Whether `device` computes bfloat16 in hardware: CPUs with AVX512-BF16 or AMX, CUDA GPUs that support it;
+    mps and xpu do."""
+    kind = torch.device(device or "cpu").type
+    if kind == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return True
+
+
+def choose_precision(device: torch.device, use_amp: bool) -> Precision:
+    """bf16 autocast where the device computes bf16 natively, else a ConfigError (never a silent fp32 run)."""
+    if not use_amp:
+        return Precision(device.type)
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("policy.use_amp", True, f"robotrain has no mixed precision for {device.type}",
+                          "drop --policy.use_amp (train in fp32)")
+    if not bf16_native(device):
+        what = "GPU" if device.type == "cuda" else "CPU (it needs AVX512-BF16 or AMX)"
+        raise ConfigError("policy.use_amp", True, f"this {what} has no native bf16",
+                          "drop --policy.use_amp (train in fp32)")
+    return Precision(device.type, torch.bfloat16)

@@ -1,7 +1,8 @@
 """Signals as clusters send them: to the whole process group (Slurm, systemd, `kill -TERM -PGID`, Ctrl-C).
 
 - StopRequest, in the trainer: SIGINT or SIGTERM sets a flag; the loop finishes its step, saves a checkpoint and
-  returns. A second signal acts at once (checkpoints stay atomic).
+  returns. A second signal acts at once (checkpoints stay atomic), except under torchrun, whose agent forwards the
+  group's signal a second time and escalates to SIGKILL on its own.
 - shield_helper, in a helper process (a data-loader worker, a simulator worker): the group's SIGINT and SIGTERM
   are ignored, so the trainer can finish its step, save and stop its helpers itself. A SIGTERM sent by the trainer
   (how PyTorch and multiprocessing stop helpers that do not end by themselves) still ends the helper: a thread
@@ -24,7 +25,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopRequest:
     """SIGINT/SIGTERM set `signal_name`; the loop that checks it finishes its step, saves and returns."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeat_acts_at_once: bool = True) -> None:
+        # Under torchrun the agent forwards a group's SIGTERM once more: then a repeat must not cut the save short
+        # (the agent sends SIGKILL itself if the save takes too long).
+        self.repeat_acts_at_once = repeat_acts_at_once
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -36,7 +40,8 @@ class StopRequest:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
         logger.warning("%s received: finishing this step, saving a checkpoint, then stopping", self.signal_name)
-        signal.signal(signum, self._previous[signum])  # a second signal acts at once (checkpoints stay atomic)
+        if self.repeat_acts_at_once:
+            signal.signal(signum, self._previous[signum])  # a second signal acts at once (checkpoints stay atomic)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,33 @@ def test_the_lock_is_reentrant_within_a_process_and_released_by_finalize(tmp_pat
     assert lock_holder(folder_lock_path(root)) == os.getpid(), "still held through the first writer"
     first.finalize()
     assert not Path(folder_lock_path(root)).exists()
+
+
+READ_CACHE = textwrap.dedent("""
+    import sys, time
+    from robotrain.datasets import LeRobotDataset
+    dataset = LeRobotDataset("test/synthetic", root=sys.argv[1], frame_cache="on")  # builds it, then reads it
+    print("reading", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_building_a_frame_cache_another_process_already_reads_does_not_wait_for_it(tmp_path):
+    """Two processes of one training start together on a dataset whose cache is not built: one builds it and
+    reads it for the whole run; the other, which found no cache a moment before, must use it, not wait."""
+    from robotrain.datasets.frame_cache_store import cache_directory, dataset_fingerprint
+    from robotrain.datasets.frames import FrameCache
+
+    root = record(tmp_path / "ds", [5, 4])
+    reader = subprocess.Popen([sys.executable, "-c", READ_CACHE, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        dataset = LeRobotDataset("test/synthetic", root=root, frame_cache="off")
+        cache = FrameCache(dataset, cache_directory(dataset_fingerprint(root), None))
+        finished = threading.Event()
+        threading.Thread(target=lambda: (cache.build(), finished.set()), daemon=True).start()
+        assert finished.wait(timeout=60), "build() waited for the reading process"
+        assert cache.is_complete()
+    finally:
+        reader.kill()
+        reader.wait()

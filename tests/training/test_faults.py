@@ -119,7 +119,7 @@ def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(workdir, dataset):
     step = check_last_is_complete(run)
     assert 2 <= step < STEPS
     assert f"stopped by SIGTERM at step {step}" in rest
-    assert f"--config_path={run}/checkpoints/last/pretrained_model --resume=true" in rest
+    assert f"robotrain train --output_dir={run} --resume=true" in rest
     finished = subprocess.run(resume_command(run), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert check_last_is_complete(run) == STEPS

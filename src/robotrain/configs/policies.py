@@ -75,6 +75,12 @@ class PolicyConfig(draccus.ChoiceRegistry):
         (None: frames keep their size)."""
         return None
 
+    @property
+    def leaves_parameters_out(self) -> bool:
+        """Whether some training steps give no gradient to some parameters (VQ-BeT trains its VQ-VAE first):
+        multi-process training then looks for them at every step."""
+        return False
+
     def get_optimizer_preset(self) -> OptimizerConfig:
         """The optimizer this policy trains with when --use_policy_training_preset=true."""
         raise NotImplementedError

@@ -50,7 +50,11 @@ class TrainConfig:
     num_workers: int | None = None
     """Data loader processes; null picks from the CPU count and whether frames are cached."""
     batch_size: int = 8
-    """Samples per optimizer step."""
+    """Samples per batch in each process (per device, as LeRobot); a step uses gradient_accumulation_steps
+    batches in every process."""
+    gradient_accumulation_steps: int = 1
+    """Batches whose gradients are summed before each optimizer step: the update of one batch this many times
+    larger, in the memory of one."""
     steps: int = 100_000
     """Optimizer steps to train for (in total, counting resumed steps)."""
     eval_freq: int = 20_000
@@ -81,7 +85,7 @@ class TrainConfig:
     # Decided when the command line is read (configs/run.py): new, fine-tune, resume or restart. Not a flag.
 
     def validate(self) -> None:
-        for name in ("batch_size", "steps", "log_freq"):
+        for name in ("batch_size", "steps", "log_freq", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, getattr(self, name), "must be at least 1", f"use a positive --{name}")
         for name in ("eval_freq", "save_freq", "keep_last_checkpoints"):

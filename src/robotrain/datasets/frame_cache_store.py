@@ -97,8 +97,9 @@ def _is_lock_at(fd: int, directory: Path) -> bool:
     return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
-def lock_cache(directory: Path, exclusive: bool) -> CacheLock:
-    """Lock a cache folder (created if absent) for reading (shared) or building (exclusive), waiting if needed."""
+def lock_cache(directory: Path, exclusive: bool, wait: bool = True) -> CacheLock | None:
+    """Lock a cache folder (created if absent) for reading (shared) or building (exclusive), waiting if needed;
+    with wait=False, None when another process holds it in a conflicting way."""
     while True:
         directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -106,6 +107,9 @@ def lock_cache(directory: Path, exclusive: bool) -> CacheLock:
         except FileNotFoundError:  # deleted between mkdir and open
             continue
         if not _flock(fd, exclusive, wait=False):
+            if not wait:
+                os.close(fd)
+                return None
             logger.info("waiting for another process that is building or reading the frame cache %s", directory)
             _flock(fd, exclusive, wait=True)
         if _is_lock_at(fd, directory):

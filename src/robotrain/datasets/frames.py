@@ -138,18 +138,27 @@ class FrameCache:
         record_owner(self.directory, self.dataset.repo_id, self.dataset.root, self.dataset.meta.video_keys)
 
     def build(self) -> None:
-        """Decode every camera not cached yet, holding the cache exclusively, then open it for reading."""
-        lock = lock_cache(self.directory, exclusive=True)  # a second run building the same cache waits here
-        try:
-            self._record_owner()  # first, so that an interrupted build is still known to be this dataset's
-            self._decode_missing()
-        finally:
-            lock.release()
-        # Between the release and the shared lock a `--clear` could delete the fresh cache; rare enough to ask
-        # the user to start again rather than loop.
-        if not self.open_if_complete():
-            raise DatasetError(f"the frame cache {self.directory} was deleted while it was being opened (by "
-                               "`robotrain dataset cache --clear`?). Fix: run the command again")
+        """Decode every camera not cached yet, holding the cache exclusively, then open it for reading.
+
+        When another process holds the cache, it is building it (this one then waits for the result) or reading
+        it, complete: waiting for an exclusive lock there would wait for that whole run (two processes of one
+        training, or two trainings, starting on a dataset whose cache is not built yet)."""
+        while True:
+            lock = lock_cache(self.directory, exclusive=True, wait=False)
+            if lock is not None:
+                try:
+                    self._record_owner()  # first, so that an interrupted build is still known to be this dataset's
+                    self._decode_missing()
+                finally:
+                    lock.release()
+            if self.open_if_complete():  # a shared lock: it waits for a builder, not for readers
+                return
+            if lock is not None:
+                # Between the release and the shared lock a `--clear` deleted the fresh cache: rare enough to ask
+                # the user to start again rather than loop.
+                raise DatasetError(f"the frame cache {self.directory} was deleted while it was being opened (by "
+                                   "`robotrain dataset cache --clear`?). Fix: run the command again")
+            # The process that held it was building and stopped before it finished: build it here.
 
     def _decode_missing(self) -> None:
         from tqdm import tqdm

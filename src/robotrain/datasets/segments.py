@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from robotrain.datasets.format import JOIN_JOURNAL, DatasetError, chunk_file_path, dataset_file, next_chunk_file
+from robotrain.datasets.format import DatasetError, chunk_file_path, dataset_file, next_chunk_file
 from robotrain.datasets.video import concatenate_videos
 from robotrain.files import is_temporary, temporary_path
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from robotrain.configs.default import EvalConfig
+from robotrain.devices import choose_precision
 from robotrain.envs.configs import EnvConfig
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ class Evaluator:
         observation, _ = env.reset(seed=seeds)
         policy.reset()
         device = next(policy.parameters()).device
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if policy.config.use_amp and device.type == "cuda" \
-            else nullcontext()
+        amp = choose_precision(device, policy.config.use_amp).autocast()
         task = [task_description(self.env_cfg)] * n
         done = np.zeros(n, dtype=bool)
         sum_reward, max_reward = np.zeros(n), np.full(n, -np.inf)

@@ -158,7 +158,7 @@ def read_lerobot_stats(directory: Path, policy: nn.Module) -> dict[str, dict[str
     """{feature: {stat: tensor}} for every feature `policy` normalizes, read from the processor files."""
     config = policy.config
     outputs = set(config.output_features)
-    steps = {name: _normalizer_step(directory / name) for name in (PREPROCESSOR_NAME, POSTPROCESSOR_NAME)}
+    steps = {name: _normalizer_step(directory / name, config) for name in (PREPROCESSOR_NAME, POSTPROCESSOR_NAME)}
     features = {**config.input_features, **config.output_features}
     for name, step in steps.items():
         _check_norm_map(directory / name, step, features, config.normalization_mapping)
@@ -240,14 +240,20 @@ def _read_pipeline(path: Path) -> list[dict[str, Any]]:
     return steps
 
 
-def _normalizer_step(path: Path) -> dict[str, Any]:
-    """The (un)normalizer step of a pipeline, after checking every other step is one robotrain does itself."""
+def _normalizer_step(path: Path, config: Any) -> dict[str, Any]:
+    """The (un)normalizer step of a pipeline, after checking every other step is one robotrain does itself (in
+    general, or in this policy: its registry entry's lerobot_processor_steps check their settings)."""
+    from robotrain.policies.registry import policy_spec
+
     wanted = NORMALIZER_STEP[path.name]
+    own_steps = policy_spec(config.type).lerobot_processor_steps
     found = None
     for index, step in enumerate(_read_pipeline(path)):
         name = step.get("registry_name") or step.get("class", "?")
         if name == wanted:
             found = step
+        elif name in own_steps:
+            own_steps[name](path, index, step, config)
         elif name == "rename_observations_processor" and step.get("config", {}).get("rename_map"):
             raise UserError(f"{path}: steps[{index}] renames observations ({step['config']['rename_map']}), which "
                             "robotrain does not do. Fix: give the data the policy's feature names and set "

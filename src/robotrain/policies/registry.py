@@ -42,6 +42,9 @@ class PolicySpec:
     """The tiny variant's training loss on the contract tests' fixed batch: a regression value."""
     lerobot_weight_names: Callable[[StateDict], StateDict] | None = None
     """Maps a LeRobot model.safetensors' tensor names to this policy's (None: the names are the same)."""
+    lerobot_processor_steps: Mapping[str, Callable[..., None]] = field(default_factory=dict)
+    """LeRobot preprocessor steps this policy does itself (e.g. SmolVLA's tokenizer), by registry name: each is
+    called as check(pipeline_file, index, step, config) and raises a UserError when LeRobot would do otherwise."""
 
     def check_has_model(self) -> None:
         """A ConfigError naming the policies that have a model, when this one has none (called at parse time)."""

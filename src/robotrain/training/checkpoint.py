@@ -49,8 +49,11 @@ RNG_STATE = "rng_state.safetensors"
 
 
 def save_checkpoint(output_dir: Path, step: int, cfg: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, samples: int) -> Path:
-    """Write checkpoint `step` atomically, point `last` at it and prune old ones as asked; returns its directory."""
+                    scheduler: Any, samples: int, rng_states: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint `step` atomically, point `last` at it and prune old ones as asked; returns its directory.
+
+    rng_states: each process's random state, by rank (a single process: this one's).
+    """
     run = RunDir(output_dir)
     final = run.checkpoint(step, cfg.steps)
     if final.is_dir():  # the same step saved before (a resumed run that ends where it began): identical state
@@ -59,7 +62,7 @@ def save_checkpoint(output_dir: Path, step: int, cfg: TrainConfig, policy: Any, 
     tmp = run.checkpoints / f"{TMP_PREFIX}{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_checkpoint(tmp, step, cfg, policy, optimizer, scheduler, samples)
+        _write_checkpoint(tmp, step, cfg, policy, optimizer, scheduler, samples, rng_states or [rng_state()])
         os.replace(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -75,7 +78,7 @@ def save_checkpoint(output_dir: Path, step: int, cfg: TrainConfig, policy: Any, 
 
 
 def _write_checkpoint(tmp: Path, step: int, cfg: TrainConfig, policy: Any, optimizer: torch.optim.Optimizer,
-                      scheduler: Any, samples: int) -> None:
+                      scheduler: Any, samples: int, rng_states: list[dict[str, torch.Tensor]]) -> None:
     model_dir, state_dir = tmp / PRETRAINED_MODEL_DIR, tmp / TRAINING_STATE_DIR
     policy.save_pretrained(model_dir)
     save_config(cfg, model_dir / TRAIN_CONFIG_NAME)
@@ -83,9 +86,11 @@ def _write_checkpoint(tmp: Path, step: int, cfg: TrainConfig, policy: Any, optim
     save_optimizer_state(optimizer, state_dir)
     if scheduler is not None:
         atomic_write_json(state_dir / SCHEDULER_STATE, scheduler.state_dict())
-    save_file(rng_state(), str(state_dir / RNG_STATE))
+    for rank, state in enumerate(rng_states):
+        save_file(state, str(state_dir / rng_file(rank)))
     atomic_write_json(state_dir / TRAINING_STEP, {"step": step, "samples": samples, "batch_size": cfg.batch_size,
-                                             "dp_world_size": 1, "grad_accum_steps": 1})
+                                                  "dp_world_size": len(rng_states),
+                                                  "grad_accum_steps": cfg.gradient_accumulation_steps})
     _sync_tree(tmp)
 
 
@@ -215,8 +220,18 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 # ---- resume ------------------------------------------------------------------------------------------------
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
-    """Restore optimizer, scheduler and RNG from `checkpoint`; returns (step, samples drawn so far)."""
+def rng_file(rank: int) -> str:
+    """rng_state.safetensors (LeRobot's name) for rank 0, rng_state_rank<r>.safetensors for the others."""
+    return RNG_STATE if rank == 0 else f"rng_state_rank{rank}.safetensors"
+
+
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0,
+                        seed: int | None = None) -> tuple[int, int]:
+    """Restore optimizer, scheduler and this rank's RNG from `checkpoint`; returns (step, samples drawn so far).
+
+    A rank the checkpoint has no random state for (it was saved by fewer processes) continues from rank 0's state
+    reseeded for (seed, rank, step): the run goes on correctly, but is no longer a replay of a longer one.
+    """
     state_dir = Path(checkpoint) / TRAINING_STATE_DIR
     for name in (TRAINING_STEP, OPTIMIZER_STATE, OPTIMIZER_PARAM_GROUPS, RNG_STATE):
         if not (state_dir / name).is_file():
@@ -230,7 +245,14 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
                         "Fix: resume with the same policy and optimizer settings") from None
     if scheduler is not None and (state_dir / SCHEDULER_STATE).is_file():
         scheduler.load_state_dict(_read_json(state_dir / SCHEDULER_STATE))
-    set_rng_state(read_safetensors(state_dir / RNG_STATE))
+    own = state_dir / rng_file(rank)
+    set_rng_state(read_safetensors(own if own.is_file() else state_dir / RNG_STATE))
+    if not own.is_file():
+        from robotrain.training.setup import set_seed
+
+        logger.warning("%s holds no random state for process %d (saved by %d process(es)): reseeding it", checkpoint,
+                       rank, info.get("dp_world_size", 1))
+        set_seed(int(np.random.SeedSequence([seed or 0, rank, info["step"]]).generate_state(1)[0]))
     return info["step"], info["samples"]
 
 

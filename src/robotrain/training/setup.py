@@ -26,10 +26,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def set_seed(seed: int | None) -> None:
-    """Seed Python, NumPy and torch (all devices); None leaves them unseeded."""
+def set_seed(seed: int | None, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices); None leaves them unseeded. Each rank of a multi-process run gets
+    its own stream (dropout, noise); the model starts the same everywhere (DDP copies rank 0's weights)."""
     if seed is None:
         return
+    seed = seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

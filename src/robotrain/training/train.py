@@ -3,6 +3,9 @@
 Exact resume: the checkpoint holds weights, optimizer, scheduler, RNG and the number of samples drawn; the sampler's
 order depends only on (seed, epoch), and evaluation runs with its own RNG, so on CPU a resumed run's weights equal
 an uninterrupted run's bit for bit.
+
+One step is gradient_accumulation_steps batches of batch_size samples in each of world_size processes
+(distributed.py): the same update as one batch of all of them together.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import torch
 
 from robotrain.configs.run import RunPlan, step_id
 from robotrain.configs.train import TrainConfig, config_to_dict, save_config
-from robotrain.devices import resolve_device
+from robotrain.devices import Precision, choose_precision, resolve_device
 from robotrain.errors import UserError
 from robotrain.memory import reuse_freed_memory
 from robotrain.signals import StopRequest, shield_helper
 from robotrain.training import checkpoint as ckpt
+from robotrain.training import distributed
+from robotrain.training.distributed import Topology
 from robotrain.training.metrics import (
     RunLog,
     RunningMeans,
@@ -61,98 +66,180 @@ class TrainResult:
     step: int
     checkpoint: Path | None
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
+    is_main: bool = True  # rank 0 of a multi-process job: the one that reports
+
+
+@dataclass
+class Trainee:
+    """What the loop trains: the policy, the module a step calls (the policy, or its DDP wrapper), the optimizer
+    and the schedule, and how and where it computes."""
+
+    policy: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    precision: Precision
+    topology: Topology
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training `cfg` describes: setup, then the loop, then the end."""
+    device = resolve_device(cfg.policy.device)
+    topology = distributed.start(device)
+    try:
+        return _train(cfg, topology, distributed.device_for(device, topology))
+    finally:
+        distributed.stop()
+
+
+def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainResult:
     from robotrain.policies.factory import make_policy
 
     plan, output_dir = cfg.plan, Path(cfg.output_dir)
+    if not topology.is_main:  # one voice: rank 0 reports, the others only warn
+        logging.getLogger("robotrain").setLevel(logging.WARNING)
     reuse_freed_memory()  # every step reallocates the same large buffers: keep their pages mapped
-    set_seed(cfg.seed)
-    device = resolve_device(cfg.policy.device)
+    set_seed(cfg.seed, topology.rank)
+    precision = choose_precision(device, cfg.policy.use_amp)
 
     dataset = make_dataset(cfg)
     policy = make_policy(cfg.policy, ds_meta=dataset.meta, dataset_stats=dataset_stats(cfg, dataset),
-                         use_dataset_stats=not plan.resumes, adapt_features=cfg.adapt_features)
+                         use_dataset_stats=not plan.resumes, adapt_features=cfg.adapt_features).to(device)
     optimizer = cfg.optimizer.build(policy.get_optim_params())
     scheduler = cfg.scheduler.build(optimizer, cfg.steps) if cfg.scheduler is not None else None
-    with lock_run(output_dir):  # nothing is written before this point
-        step, samples = _start_run(cfg, plan, policy, optimizer, scheduler)
-        return _loop(cfg, output_dir, dataset, policy, optimizer, scheduler, device, step, samples)
+    trainee = Trainee(policy, distributed.wrap(policy, topology), optimizer, scheduler, device, precision, topology)
+    with lock_run(output_dir) if topology.is_main else nullcontext():  # nothing is written before this point
+        step, samples = _start_run(cfg, plan, trainee)
+        return _loop(cfg, output_dir, dataset, trainee, step, samples)
 
 
-def _start_run(cfg: TrainConfig, plan: RunPlan, policy: Any, optimizer: torch.optim.Optimizer,
-               scheduler: Any) -> tuple[int, int]:
+def _start_run(cfg: TrainConfig, plan: RunPlan, trainee: Trainee) -> tuple[int, int]:
     """Restore the training state when resuming (a damaged one stops the run before anything is written), then
-    prepare the run folder; returns (step, samples)."""
+    prepare the run folder (rank 0); returns (step, samples)."""
     step, samples = 0, 0
     if plan.resumes:
-        step, samples = ckpt.load_training_state(plan.checkpoint, optimizer, scheduler)
+        step, samples = ckpt.load_training_state(plan.checkpoint, trainee.optimizer, trainee.scheduler,
+                                                 trainee.topology.rank, cfg.seed)
         logger.info("resuming from step %d (%s)", step, plan.checkpoint)
-    ckpt.remove_partial_checkpoints(plan.output_dir)  # first: their space counts as free
-    check_disk_space(plan.output_dir, checkpoint_bytes(policy))
-    plan.output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, plan.run.config_file)  # what a restart reads, should the run stop before its first checkpoint
-    logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
+    if trainee.topology.is_main:
+        ckpt.remove_partial_checkpoints(plan.output_dir)  # first: their space counts as free
+        check_disk_space(plan.output_dir, checkpoint_bytes(trainee.policy))
+        plan.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, plan.run.config_file)  # what a restart reads, should the run stop before a checkpoint
+        logger.info("config:\n%s", json.dumps(config_to_dict(cfg), indent=2, default=str))
+    distributed.barrier(trainee.topology)
     return step, samples
 
 
-def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, policy: Any, optimizer: torch.optim.Optimizer,
-          scheduler: Any, device: torch.device, step: int, samples: int) -> TrainResult:
+def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, trainee: Trainee, step: int,
+          samples: int) -> TrainResult:
     """The training loop: batches, updates, log lines, checkpoints and evaluations until cfg.steps or a signal."""
+    topology, main = trainee.topology, trainee.topology.is_main
     starts, ends = dataset.episode_bounds()
-    sampler = EpisodeAwareSampler(starts, ends, drop_n_last_frames=cfg.policy.sample_end_margin,
-                                  seed=cfg.seed or 0)
-    sampler.load_state_dict(sampler.state_after(samples))
-    loader = make_loader(cfg, dataset, sampler, device)
-    run_log = RunLog(output_dir, start_wandb(cfg, cfg.plan.resumes))
-    run_log.truncate_after(step)
-    evaluator = make_evaluator(cfg, policy, output_dir)
-    _log_banner(cfg, dataset, policy, device)
+    stream = EpisodeAwareSampler(starts, ends, drop_n_last_frames=cfg.policy.sample_end_margin, seed=cfg.seed or 0)
+    stream.load_state_dict(stream.state_after(samples))  # `samples` counts every rank's: the stream is global
+    loader = make_loader(cfg, dataset, distributed.ShardedSampler(stream, topology), trainee.device)
+    run_log = RunLog(output_dir, start_wandb(cfg, cfg.plan.resumes)) if main else None
+    if run_log is not None:
+        run_log.truncate_after(step)
+    evaluator = make_evaluator(cfg, trainee.policy, output_dir) if main else None
+    _log_banner(cfg, dataset, trainee)
 
     camera_keys = list(dataset.meta.camera_keys)
     frames_per_episode = dataset.num_frames / dataset.num_episodes
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.policy.use_amp and device.type == "cuda" \
-        else nullcontext()
-    means, saved = RunningMeans(), None
-    policy.train()
+    samples_per_step = cfg.batch_size * topology.world_size * cfg.gradient_accumulation_steps
+    means, saved, stopping = RunningMeans(), None, False
+    trainee.policy.train()
     batches = iter(loader)
-    with StopRequest() as stop, _progress(cfg.steps, step) as progress:
-        while step < cfg.steps and stop.signal_name is None:
+    with StopRequest(repeat_acts_at_once=not topology.distributed) as stop, \
+            _progress(cfg.steps, step, enabled=main) as progress:
+        while step < cfg.steps and not stopping:
             start = time.perf_counter()
-            batch = batch_to_device(next_batch(batches), device, camera_keys)
-            data_s = time.perf_counter() - start
             try:
-                metrics = update_policy(policy, batch, optimizer, scheduler, cfg.optimizer.grad_clip_norm, amp)
+                metrics, data_s = train_step(trainee, batches, camera_keys, cfg)
             except TrainingDiverged as diverged:
-                saved = ckpt.save_checkpoint(output_dir, step, cfg, policy, optimizer, scheduler, samples)
+                saved = save(cfg, output_dir, trainee, step, samples)
                 raise TrainingDiverged(f"{diverged} at step {step + 1}. The last good step ({step}) is saved in "
                                        f"{saved}. Fix: lower the learning rate (--policy.optimizer_lr or "
                                        "--optimizer.lr) or check the dataset for extreme values, then resume "
                                        "or restart") from None
             update_s = time.perf_counter() - start - data_s
-            step, samples = step + 1, samples + cfg.batch_size
-            means.add(data_s=data_s, update_s=update_s, samples_per_s=cfg.batch_size / (data_s + update_s), **metrics)
+            step, samples = step + 1, samples + samples_per_step
+            means.add(data_s=data_s, update_s=update_s, samples_per_s=samples_per_step / (data_s + update_s),
+                      **metrics)
             progress.update(1)
             if step % cfg.log_freq == 0 or step == cfg.steps:
-                values = means.means()
+                values = distributed.mean_over_ranks(means.means(), topology)
                 logger.info(train_line(step, samples, frames_per_episode, dataset.num_frames, values))
-                run_log.write("train", step, {"samples": samples, **values})
+                if run_log is not None:
+                    run_log.write("train", step, {"samples": samples, **values})
                 means.reset()
             if cfg.save_checkpoint and (step == cfg.steps or (cfg.save_freq > 0 and step % cfg.save_freq == 0)):
-                saved = ckpt.save_checkpoint(output_dir, step, cfg, policy, optimizer, scheduler, samples)
-                draw_plots(output_dir)
-            if evaluator is not None and cfg.eval_freq > 0 and step % cfg.eval_freq == 0:
-                aggregated = evaluator(step)
-                logger.info(eval_line(step, aggregated))
-                run_log.write("eval", step, aggregated)
-        if stop.signal_name is not None and cfg.save_checkpoint:
-            saved = ckpt.save_checkpoint(output_dir, step, cfg, policy, optimizer, scheduler, samples)
-    draw_plots(output_dir)
-    if run_log.wandb_run is not None:
-        run_log.wandb_run.finish()
-    return TrainResult(output_dir, step, saved, stop.signal_name)
+                saved = save(cfg, output_dir, trainee, step, samples)
+            if cfg.env is not None and cfg.eval_freq > 0 and step % cfg.eval_freq == 0:
+                if evaluator is not None:
+                    aggregated = evaluator(step)
+                    logger.info(eval_line(step, aggregated))
+                    run_log.write("eval", step, aggregated)
+                distributed.barrier(topology)
+            stopping = distributed.any_rank(stop.signal_name is not None, topology)  # every rank stops together
+        if stopping and cfg.save_checkpoint:
+            saved = save(cfg, output_dir, trainee, step, samples)
+    if run_log is not None:
+        draw_plots(output_dir)
+        if run_log.wandb_run is not None:
+            run_log.wandb_run.finish()
+    stopped_by = (stop.signal_name or "a signal to another process") if stopping else None
+    return TrainResult(output_dir, step, saved, stopped_by, main)
+
+
+def train_step(trainee: Trainee, batches: Iterator[dict[str, Any]], camera_keys: list[str],
+               cfg: TrainConfig) -> tuple[dict[str, float], float]:
+    """One optimizer step over gradient_accumulation_steps batches; returns (metrics, seconds spent waiting for
+    data). Raises TrainingDiverged on every rank, the weights untouched, when a loss or the gradient norm is not
+    finite."""
+    accumulate, data_s, losses, outputs = cfg.gradient_accumulation_steps, 0.0, [], {}
+    for micro in range(accumulate):
+        start = time.perf_counter()
+        batch = batch_to_device(next_batch(batches), trainee.device, camera_keys)
+        data_s += time.perf_counter() - start
+        # Gradients are averaged across ranks once per optimizer step, with the last batch of the accumulation.
+        with distributed.sync_gradients(trainee.model, micro == accumulate - 1), trainee.precision.autocast():
+            loss, outputs = trainee.model(batch)
+        losses.append(loss.item())
+        if distributed.any_rank(not math.isfinite(losses[-1]), trainee.topology):
+            trainee.optimizer.zero_grad(set_to_none=True)
+            bad = next((value for value in losses if not math.isfinite(value)), "not finite on another process")
+            raise TrainingDiverged(f"the loss became {bad}")
+        (loss / accumulate).backward()  # the mean over every batch of the step, as one batch `accumulate` x larger
+    max_norm = cfg.optimizer.grad_clip_norm if cfg.optimizer.grad_clip_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainee.policy.parameters(), max_norm).item()
+    if not math.isfinite(grad_norm):  # gradients are averaged across ranks: every rank sees the same norm
+        trainee.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"the gradient norm became {grad_norm}")
+    trainee.optimizer.step()
+    trainee.optimizer.zero_grad(set_to_none=True)
+    if trainee.scheduler is not None:
+        trainee.scheduler.step()
+    trainee.policy.update()
+    metrics = {"loss": sum(losses) / accumulate, "grad_norm": grad_norm,
+               "lr": trainee.optimizer.param_groups[0]["lr"]}
+    metrics.update({k: float(v) for k, v in (outputs or {}).items() if isinstance(v, (int, float, torch.Tensor))})
+    return metrics, data_s
+
+
+def save(cfg: TrainConfig, output_dir: Path, trainee: Trainee, step: int, samples: int) -> Path | None:
+    """Checkpoint `step`. Every rank calls it; rank 0 writes, with every rank's random state, and gets the
+    checkpoint's folder back (the others get None)."""
+    rng_states = distributed.gather_objects(ckpt.rng_state(), trainee.topology)
+    saved = None
+    if trainee.topology.is_main:
+        saved = ckpt.save_checkpoint(output_dir, step, cfg, trainee.policy, trainee.optimizer, trainee.scheduler,
+                                     samples, rng_states)
+        draw_plots(output_dir)
+    distributed.barrier(trainee.topology)
+    return saved
 
 
 def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
@@ -169,31 +256,7 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         raise UserError(message if name.endswith(type(exc).__name__) else last) from None
 
 
-def update_policy(policy: torch.nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
-                  grad_clip_norm: float, amp: Any) -> dict[str, float]:
-    """One optimizer step; raises TrainingDiverged (weights untouched) if the loss or gradients are not finite."""
-    with amp:
-        loss, outputs = policy(batch)
-    loss_value = loss.item()
-    if not math.isfinite(loss_value):
-        raise TrainingDiverged(f"the loss became {loss_value}")
-    loss.backward()
-    max_norm = grad_clip_norm if grad_clip_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm).item()
-    if not math.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        raise TrainingDiverged(f"the gradient norm became {grad_norm}")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()
-    policy.update()
-    metrics = {"loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
-    metrics.update({k: float(v) for k, v in (outputs or {}).items() if isinstance(v, (int, float, torch.Tensor))})
-    return metrics
-
-
-def make_loader(cfg: TrainConfig, dataset: Any, sampler: EpisodeAwareSampler,
+def make_loader(cfg: TrainConfig, dataset: Any, sampler: torch.utils.data.Sampler[int],
                 device: torch.device) -> torch.utils.data.DataLoader:
     from robotrain.datasets.loader import loader_options
 
@@ -233,24 +296,29 @@ def make_evaluator(cfg: TrainConfig, policy: torch.nn.Module, output_dir: Path) 
 
 
 @contextmanager
-def _progress(total: int, initial: int) -> Iterator[Any]:
-    """A progress bar on a terminal; log lines are printed above it instead of through it."""
+def _progress(total: int, initial: int, enabled: bool) -> Iterator[Any]:
+    """A progress bar on a terminal (rank 0's); log lines are printed above it instead of through it."""
     import sys
 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with tqdm(total=total, initial=initial, desc="Training", unit="step", dynamic_ncols=True,
-              disable=not sys.stderr.isatty(), leave=False) as bar, \
+              disable=not (enabled and sys.stderr.isatty()), leave=False) as bar, \
             logging_redirect_tqdm(loggers=[logging.getLogger("robotrain")]):
         yield bar
 
 
-def _log_banner(cfg: TrainConfig, dataset: Any, policy: torch.nn.Module, device: torch.device) -> None:
+def _log_banner(cfg: TrainConfig, dataset: Any, trainee: Trainee) -> None:
+    policy, topology = trainee.policy, trainee.topology
     learnable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     total = sum(p.numel() for p in policy.parameters())
     logger.info("output dir: %s", cfg.output_dir)
-    logger.info("%s policy on %s: %s learnable / %s parameters", cfg.policy.type, device,
-                format_big_number(learnable, 1), format_big_number(total, 1))
-    logger.info("dataset %s: %s frames, %d episodes; %d steps of %d samples", cfg.dataset.repo_id,
-                format_big_number(dataset.num_frames), dataset.num_episodes, cfg.steps, cfg.batch_size)
+    logger.info("%s policy on %s, %s: %s learnable / %s parameters", cfg.policy.type, trainee.device,
+                trainee.precision.label, format_big_number(learnable, 1), format_big_number(total, 1))
+    processes = f" in each of {topology.world_size} processes" if topology.distributed else ""
+    accumulated = f", {cfg.gradient_accumulation_steps} batches per step" if cfg.gradient_accumulation_steps > 1 \
+        else ""
+    logger.info("dataset %s: %s frames, %d episodes; %d steps of %d samples%s%s", cfg.dataset.repo_id,
+                format_big_number(dataset.num_frames), dataset.num_episodes, cfg.steps, cfg.batch_size, processes,
+                accumulated)

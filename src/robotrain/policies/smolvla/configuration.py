@@ -1,11 +1,18 @@
-"""SmolVLA (Shukor et al., 2025, arXiv:2506.01844): a small vision-language-action model. Defaults as LeRobot's."""
+"""SmolVLA (Shukor et al., 2025, arXiv:2506.01844): a small vision-language-action model. Defaults as LeRobot 0.4.4's.
+
+LeRobot's config.json also has use_delta_joint_actions_aloha (LeRobot raises NotImplementedError when it is true),
+rtc_config (real-time chunking, an inference-time scheduler robotrain does not have) and compile_model/compile_mode
+(torch.compile): a LeRobot checkpoint's values for them are dropped with a warning when it loads.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import PolicyConfig, check_at_most, check_choice, check_positive
-from robotrain.configs.types import NormalizationMode
+from robotrain.configs.types import ACTION, OBS_STATE, FeatureType, NormalizationMode
+from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamWConfig
 from robotrain.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 
@@ -29,9 +36,9 @@ class SmolVLAConfig(PolicyConfig):
     max_action_dim: int = 32
     """Action vectors are zero-padded to this size."""
     resize_imgs_with_padding: tuple[int, int] | None = (512, 512)
-    """Resize frames, keeping aspect ratio with padding, to (height, width)."""
+    """Resize frames to (width, height) keeping their aspect ratio, padding the left/top; null keeps their size."""
     empty_cameras: int = 0
-    """Blank camera slots added (to match a checkpoint trained with more cameras)."""
+    """Blank camera slots LeRobot adds (masked tokens: they change no result, so robotrain skips computing them)."""
     adapt_to_pi_aloha: bool = False
     """Convert ALOHA joint and gripper conventions to those of the pi0 models."""
     tokenizer_max_length: int = 48
@@ -63,15 +70,15 @@ class SmolVLAConfig(PolicyConfig):
     scheduler_decay_lr: float = 2.5e-6
     """Preset final learning rate."""
     vlm_model_name: str = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
-    """Vision-language backbone (Hub id or local folder)."""
+    """Backbone: a Hub id, a local folder (config.json, tokenizer files, weights), or builtin:tiny-smolvlm (tests)."""
     load_vlm_weights: bool = False
-    """Load the backbone's pretrained weights (false when fine-tuning a SmolVLA checkpoint, which has them)."""
+    """Start from the backbone's pretrained weights (in bfloat16, as LeRobot); a checkpoint's weights replace them."""
     add_image_special_tokens: bool = False
     """Surround image tokens with the VLM's special tokens."""
     attention_mode: str = "cross_attn"
     """How the expert reads the VLM: cross_attn or self_attn."""
     prefix_length: int = -1
-    """Fixed prefix length for padding; -1 keeps it dynamic."""
+    """Pad the prefix to this many tokens (masked padding: it changes no result, so robotrain skips it)."""
     pad_language_to: str = "longest"
     """Pad task tokens to the longest in the batch (longest) or to tokenizer_max_length (max_length)."""
     num_expert_layers: int = -1
@@ -106,7 +113,52 @@ class SmolVLAConfig(PolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_positive(chunk_size=self.chunk_size, n_action_steps=self.n_action_steps, num_steps=self.num_steps)
+        check_positive(chunk_size=self.chunk_size, n_action_steps=self.n_action_steps, num_steps=self.num_steps,
+                       max_state_dim=self.max_state_dim, max_action_dim=self.max_action_dim,
+                       tokenizer_max_length=self.tokenizer_max_length,
+                       expert_width_multiplier=self.expert_width_multiplier, min_period=self.min_period)
         check_at_most("n_action_steps", self.n_action_steps, "chunk_size", self.chunk_size)
         check_choice("attention_mode", self.attention_mode, ("cross_attn", "self_attn"))
         check_choice("pad_language_to", self.pad_language_to, ("longest", "max_length"))
+        if self.n_obs_steps != 1:
+            raise ConfigError("n_obs_steps", self.n_obs_steps, "SmolVLA sees one observation step only",
+                              "use --policy.n_obs_steps=1")
+        if self.empty_cameras < 0:
+            raise ConfigError("empty_cameras", self.empty_cameras, "must be 0 or more", "e.g. --policy.empty_cameras=0")
+        if self.resize_imgs_with_padding is not None and min(self.resize_imgs_with_padding) <= 0:
+            raise ConfigError("resize_imgs_with_padding", self.resize_imgs_with_padding, "must be two positive sizes",
+                              "e.g. --policy.resize_imgs_with_padding=[512,512]")
+        # LeRobot records its blank cameras as input features (validate_features adds them); robotrain keeps them
+        # out, so data and envs, which never have them, still match the policy's features.
+        self.input_features = {k: f for k, f in self.input_features.items() if not _EMPTY_CAMERA.match(k)}
+
+    def validate_features(self) -> None:
+        """SmolVLA needs at least one RGB camera, a 1-D state and a 1-D action, within the padded sizes."""
+        action = self.output_features.get(ACTION)
+        if action is None or len(action.shape) != 1:
+            raise ConfigError("policy.output_features", sorted(self.output_features),
+                              "SmolVLA predicts a 1-D 'action' feature, which is missing",
+                              "train on a dataset with an 'action' column")
+        if not self.image_features:
+            raise ConfigError("policy.input_features", sorted(self.input_features),
+                              "SmolVLA needs at least one camera (observation.image or observation.images.<name>)",
+                              "use a dataset or env with images")
+        for key, feature in self.image_features.items():
+            if len(feature.shape) != 3 or feature.shape[0] != 3:
+                raise ConfigError("policy.input_features", f"{key}: {list(feature.shape)}",
+                                  "SmolVLA's vision encoder takes RGB images shaped (3, H, W)",
+                                  "use 3-channel cameras or drop this camera from the inputs")
+        state = self.input_features.get(OBS_STATE)
+        if state is None or state.type is not FeatureType.STATE or len(state.shape) != 1:
+            raise ConfigError("policy.input_features", sorted(self.input_features),
+                              "SmolVLA needs a 1-D 'observation.state' (its state token)",
+                              "use a dataset or env that records the robot state")
+        for name, feature, limit in (("max_state_dim", state, self.max_state_dim),
+                                     ("max_action_dim", action, self.max_action_dim)):
+            if feature.shape[0] > limit:
+                raise ConfigError(name, limit, f"is smaller than the data's {feature.shape[0]} dimensions (vectors "
+                                  "are zero-padded to it)", f"use --policy.{name}={feature.shape[0]} or more "
+                                  "(a new model: a checkpoint's projections have the old size)")
+
+
+_EMPTY_CAMERA = re.compile(r"^observation\.images\.empty_camera_\d+$")
