@@ -80,3 +80,17 @@ def test_help_is_scoped_to_chosen_types(capsys):
 def test_help_exits_zero_and_writes_nothing(argv, workdir, capsys):
     assert main(argv) == 0 and "usage: robotrain" in capsys.readouterr().out
     assert list(workdir.iterdir()) == []
+
+
+def test_log_level_shows_debug_lines_and_refuses_unknown_levels(workdir, tmp_path):
+    from tests.datasets.helpers import record
+
+    root = record(tmp_path / "ds", [3])
+    quiet = run("dataset", "validate", "--repo_id=test/synthetic", f"--root={root}", cwd=workdir)
+    loud = run("dataset", "validate", "--repo_id=test/synthetic", f"--root={root}", "--log_level=debug", cwd=workdir)
+    assert quiet.returncode == loud.returncode == 0
+    assert "problem(s)" not in quiet.stderr and f"validated {root}: 0 problem(s)" in loud.stderr
+    wrong = run("dataset", "validate", "--repo_id=test/synthetic", "--log_level", "LOUD", cwd=workdir)
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "robotrain dataset: error: --log_level=LOUD: is not a logging level. Fix: use one of DEBUG, INFO, WARNING, "
+        "ERROR"]

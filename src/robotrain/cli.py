@@ -33,7 +33,7 @@ commands:
   dataset   dataset tools: {', '.join(DATASET_COMMANDS)}
   demo      record demonstrations, train and evaluate a small policy, all locally
 
-Run `robotrain <command> --help` for its flags.
+Run `robotrain <command> --help` for its flags. Every command takes --log_level=DEBUG|INFO|WARNING|ERROR.
 """
 
 
@@ -47,14 +47,34 @@ class _CliFormatter(logging.Formatter):
         return message
 
 
-def _setup_logging() -> None:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_CliFormatter())
     root = logging.getLogger("robotrain")
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     root.propagate = False
 
+
+def take_log_level(argv: list[str]) -> tuple[str, list[str]]:
+    """--log_level=LEVEL (or --log_level LEVEL) anywhere on the command line, taken out; INFO when absent."""
+    level, rest, i = "INFO", [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--log_level" and i + 1 < len(argv):
+            token, i = f"--log_level={argv[i + 1]}", i + 1
+        if token.startswith("--log_level="):
+            level = token.split("=", 1)[1].upper()
+            if level not in LOG_LEVELS:
+                raise UserError(f"--log_level={token.split('=', 1)[1]}: is not a logging level. Fix: use one of "
+                                f"{', '.join(LOG_LEVELS)}")
+        else:
+            rest.append(token)
+        i += 1
+    return level, rest
 
 def cmd_train(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_train_config
@@ -87,12 +107,19 @@ def cmd_eval(argv: list[str]) -> int:
 
     cfg = parse_eval_config(argv)
     info = run_eval(cfg)
-    aggregated = info["aggregated"]
-    print(f"{len(info['per_episode'])} episodes: success {aggregated['pc_success']:.1f}%, "
-          f"avg sum reward {aggregated['avg_sum_reward']:.3f}, avg max reward {aggregated['avg_max_reward']:.3f}, "
-          f"{aggregated['eval_s']:.1f} s")
+    if "offline" in info:
+        offline = info["offline"]
+        worst = max(offline["mae_per_dimension"].items(), key=lambda item: item[1])
+        print(f"{offline['n_samples']} recorded frames of {offline['dataset']}: loss {offline['loss']:.4f}, action "
+              f"MAE {offline['action_mae']:.4f} (worst dimension {worst[0]}: {worst[1]:.4f}), RMSE "
+              f"{offline['action_rmse']:.4f}, {offline['eval_s']:.1f} s")
+    if "aggregated" in info:
+        aggregated = info["aggregated"]
+        print(f"{len(info['per_episode'])} episodes: success {aggregated['pc_success']:.1f}%, "
+              f"avg sum reward {aggregated['avg_sum_reward']:.3f}, avg max reward "
+              f"{aggregated['avg_max_reward']:.3f}, {aggregated['eval_s']:.1f} s")
     print(f"  results: {cfg.output_dir}/{EVAL_INFO_NAME}")
-    if info["video_paths"]:
+    if info.get("video_paths"):
         print(f"  videos:  {cfg.output_dir}/videos ({len(info['video_paths'])})")
     return EXIT_OK
 
@@ -233,10 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"did you mean `robotrain {guess}`?" if guess else f"choose one of {', '.join(COMMANDS)}"
         print(f"robotrain: '{command}' is not a command; {hint}", file=sys.stderr)
         return EXIT_USER_ERROR
-    _setup_logging()
     from robotrain.configs.parser import HelpRequested
 
     try:
+        level, rest = take_log_level(rest)
+        _setup_logging(level)
         return COMMANDS[command](rest)
     except HelpRequested as request:
         print(request.text, end="")

@@ -23,7 +23,14 @@ CASES = [
     # missing required fields
     ("train --policy.type=act", r"--dataset\.repo_id: is required .*Fix: add --dataset\.repo_id=lerobot/pusht"),
     ("train --dataset.repo_id=u/d", r"--policy\.type: no policy chosen.*--policy\.path"),
-    ("eval --policy.type=act", r"--env\.type: is required.*<aloha\|pusht\|xarm>"),
+    ("eval --policy.path=ckpt", r"--env\.type: is needed, or a dataset.*<aloha\|pusht\|xarm>.*--dataset\.repo_id=ID"),
+    ("train --policy.type=act --dataset.repo_id=u/d --dataset.val_fraction=1.5", r"--dataset\.val_fraction=1\.5: must be at least 0 and below 1"),
+    ("train --policy.type=act --dataset.repo_id=u/d --dataset.val_episodes=[1] --dataset.val_fraction=0.2", r"--dataset\.val_fraction=0\.2: cannot be combined with --dataset\.val_episodes"),
+    ("train --policy.type=act --dataset.repo_id=u/d --dataset.episodes=[0,1] --dataset.val_episodes=[5]", r"--dataset\.val_episodes=\[5\]: holds episodes outside --dataset\.episodes \(\[5\]\)"),
+    ("train --policy.type=act --dataset.repo_id=u/d --dataset.val_episodes=[1,1]", r"--dataset\.val_episodes=\[1,1\]: lists an episode twice"),
+    ("train --policy.type=act --dataset.repo_id=u/d --gradient_accumulation_steps=0", r"--gradient_accumulation_steps=0: must be at least 1"),
+    ("train --policy.type=act --dataset.repo_id=u/d --keep_last_checkpoints=-1", r"--keep_last_checkpoints=-1: cannot be negative"),
+    ("eval --policy.path=ckpt --dataset.repo_id=u/d --eval.max_samples=0", r"--eval\.max_samples=0: must be at least 1"),
     ("eval --env.type=pusht", r"--policy\.path: no policy to evaluate"),
     ("train --dataset.repo_id=u/d --policy.dim_model=64", r"--policy\.dim_model: choose the policy first.*--policy\.type="),
     # unknown flags, with close matches

@@ -17,7 +17,7 @@ from robotrain.configs.parser import parse_train_config
 from robotrain.datasets import LeRobotDataset
 from robotrain.datasets.frame_cache_store import cache_root, list_caches
 from robotrain.errors import ConfigError
-from robotrain.training.setup import make_dataset
+from robotrain.training.setup import make_datasets
 from tests.training.test_train_e2e import TINY
 
 from .helpers import H, W, features, frame
@@ -105,9 +105,9 @@ def test_native_and_resized_caches_coexist_through_cleanups(root, tmp_path):
 
 def test_make_dataset_follows_the_policys_resize_shape(root):
     base = [f"--dataset.repo_id={REPO}", f"--dataset.root={root}", "--output_dir=unused"]
-    resized = make_dataset(parse_train_config([*TINY["diffusion"], "--policy.resize_shape=[20,28]", *base]))
-    native = make_dataset(parse_train_config([*TINY["diffusion"], *base]))
-    act = make_dataset(parse_train_config([*TINY["act"], *base]))
+    resized = make_datasets(parse_train_config([*TINY["diffusion"], "--policy.resize_shape=[20,28]", *base]))[0]
+    native = make_datasets(parse_train_config([*TINY["diffusion"], *base]))[0]
+    act = make_datasets(parse_train_config([*TINY["act"], *base]))[0]
     assert resized.frame_size == SIZE and resized[0]["observation.image"].shape[-2:] == SIZE
     for dataset in (native, act):
         assert dataset.frame_size is None and dataset[0]["observation.image"].shape[-2:] == (H, W)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,11 @@ class DatasetConfig:
     root: Path | None = None
     """Local folder holding the dataset; overrides the cache lookup (works offline)."""
     episodes: list[int] | None = None
-    """Train on these episode indices only, e.g. [0,1,2]; null uses every episode."""
+    """Use these episode indices only, e.g. [0,1,2]; null uses every episode."""
+    val_episodes: list[int] | None = None
+    """Training: hold these episodes out and report a validation loss on them every eval_freq steps."""
+    val_fraction: float = 0.0
+    """Training: hold out this fraction of the episodes (picked with a fixed seed) for validation; 0: none."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to download; null means the format's tag, v3.0."""
     image_transforms: ImageTransformsConfig = field(default_factory=ImageTransformsConfig)
@@ -82,16 +87,8 @@ class DatasetConfig:
     def validate(self) -> None:
         check_repo_id(self.repo_id, "repo_id", root_flag="dataset.root")
         if self.episodes is not None:
-            negative = [e for e in self.episodes if e < 0]
-            if negative:
-                raise ConfigError("episodes", self.episodes, f"episode indices cannot be negative ({negative[0]})",
-                                  "list indices from 0, e.g. --dataset.episodes=[0,1,2]")
-            if len(set(self.episodes)) != len(self.episodes):
-                raise ConfigError("episodes", self.episodes, "lists an episode twice",
-                                  "list each episode index once")
-            if not self.episodes:
-                raise ConfigError("episodes", self.episodes, "selects no episode",
-                                  "list at least one index, or use null for all episodes")
+            _check_indices("episodes", self.episodes)
+        self._validate_split()
         if self.frame_cache not in FRAME_CACHE_MODES:
             raise ConfigError("frame_cache", self.frame_cache,
                               f"is not a frame cache mode (choose one of {', '.join(FRAME_CACHE_MODES)})",
@@ -101,10 +98,51 @@ class DatasetConfig:
                               f"is not a video backend (choose one of {', '.join(VIDEO_BACKENDS)})",
                               "use --dataset.video_backend=pyav")
 
+    def _validate_split(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError("val_fraction", self.val_fraction, "must be at least 0 and below 1",
+                              "e.g. --dataset.val_fraction=0.1 holds out a tenth of the episodes")
+        if self.val_episodes is None:
+            return
+        _check_indices("val_episodes", self.val_episodes)
+        if self.val_fraction:
+            raise ConfigError("val_fraction", self.val_fraction, "cannot be combined with --dataset.val_episodes",
+                              "keep one of them")
+        if self.episodes is not None and (outside := sorted(set(self.val_episodes) - set(self.episodes))):
+            raise ConfigError("val_episodes", self.val_episodes, f"holds episodes outside --dataset.episodes "
+                              f"({outside})", "hold out episodes of the selected ones")
+
+    def split_episodes(self, total: int) -> tuple[list[int] | None, list[int]]:
+        """(training episodes, validation episodes) among `total`; training None means every episode (no split)."""
+        selected = self.episodes if self.episodes is not None else list(range(total))
+        if self.val_episodes is not None:
+            held = sorted(self.val_episodes)
+        elif self.val_fraction:
+            count = max(1, round(self.val_fraction * len(selected)))
+            # A fixed seed, not --seed: the split stays the same when only the training seed changes.
+            held = sorted(random.Random(0).sample(selected, count))
+        else:
+            return self.episodes, []
+        training = [e for e in selected if e not in set(held)]
+        if not training:
+            raise ConfigError("val_episodes" if self.val_episodes is not None else "val_fraction",
+                              self.val_episodes if self.val_episodes is not None else self.val_fraction,
+                              f"holds out every one of the {len(selected)} episodes", "keep some for training")
+        return training, held
+
+
+def _check_indices(name: str, indices: list[int]) -> None:
+    negative = [e for e in indices if e < 0]
+    if negative:
+        raise ConfigError(name, indices, f"episode indices cannot be negative ({negative[0]})",
+                          f"list indices from 0, e.g. --dataset.{name}=[0,1,2]")
+    if len(set(indices)) != len(indices):
+        raise ConfigError(name, indices, "lists an episode twice", "list each episode index once")
+
 
 @dataclass
 class EvalConfig:
-    """Simulation rollouts: how many episodes and how many environments at once."""
+    """Evaluation: rollouts in simulation (episodes, environments at once) and on recorded episodes."""
 
     n_episodes: int = 50
     """Number of episodes to roll out."""
@@ -114,6 +152,9 @@ class EvalConfig:
     """Step environments in subprocesses (faster for slow simulators) instead of in this process."""
     max_episodes_rendered: int = 10
     """Save videos of the first this many episodes (`robotrain eval`; training evaluations save up to 4)."""
+    max_samples: int | None = 1000
+    """Evaluation on recorded episodes (held-out data, validation): at most this many frames, picked once with a
+    fixed seed; null: every frame."""
 
     def validate(self) -> None:
         if self.n_episodes < 1:
@@ -124,6 +165,9 @@ class EvalConfig:
         if self.batch_size < 0:
             raise ConfigError("batch_size", self.batch_size, "cannot be negative",
                               "use 0 for automatic, or a positive number of environments")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError("max_samples", self.max_samples, "must be at least 1",
+                              "use a positive count, or null for every frame")
         if self.batch_size > self.n_episodes:
             raise ConfigError("batch_size", self.batch_size,
                               f"is more environments than episodes (n_episodes={self.n_episodes})",

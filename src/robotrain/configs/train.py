@@ -58,7 +58,8 @@ class TrainConfig:
     steps: int = 100_000
     """Optimizer steps to train for (in total, counting resumed steps)."""
     eval_freq: int = 20_000
-    """Evaluate in simulation every this many steps (needs --env.type); 0 disables."""
+    """Evaluate every this many steps: in simulation with --env.type, on held-out episodes with
+    --dataset.val_episodes or --dataset.val_fraction; 0 disables."""
     log_freq: int = 200
     """Print a log line every this many steps."""
     tolerance_s: float = 1e-4
@@ -101,10 +102,12 @@ class TrainConfig:
 
 @dataclass
 class EvalPipelineConfig:
-    """Everything `robotrain eval` needs."""
+    """Everything `robotrain eval` needs: a simulator to roll out in, recorded episodes to compare with, or both."""
 
-    env: EnvConfig
+    env: EnvConfig | None = None
     """The simulation env: --env.type=pusht|aloha|xarm."""
+    dataset: DatasetConfig | None = None
+    """Recorded episodes (e.g. held out from training): the policy's loss and action error on them."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """How many episodes, how many envs at once."""
     policy: PolicyConfig | None = None
@@ -200,7 +203,12 @@ def resolve_eval_config(cfg: EvalPipelineConfig) -> EvalPipelineConfig:
         raise ConfigError("policy.path", None, "no policy to evaluate",
                           "add --policy.path=<run>/checkpoints/last/pretrained_model (or a Hub id)")
     policy_spec(cfg.policy.type).check_has_model()
-    cfg.job_name = cfg.job_name or f"{cfg.env.type}_{cfg.policy.type}"
+    if cfg.env is None and cfg.dataset is None:
+        raise ConfigError("env.type", None, "is needed, or a dataset: there is nothing to evaluate on",
+                          f"add --env.type=<{'|'.join(sorted(EnvConfig.get_known_choices()))}> to roll out in "
+                          "simulation, or --dataset.repo_id=ID (and --dataset.episodes=[...]) to compare with "
+                          "recorded episodes")
+    cfg.job_name = cfg.job_name or f"{cfg.env.type if cfg.env else 'offline'}_{cfg.policy.type}"
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir("eval", cfg.job_name)
     elif is_nonempty_dir(cfg.output_dir):

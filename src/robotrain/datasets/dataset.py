@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from robotrain.configs.default import VIDEO_BACKENDS
 from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, read_parquet
 from robotrain.datasets.frames import check_frame_size, make_frame_source, resize_frames
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
@@ -76,8 +77,12 @@ class LeRobotDataset(torch.utils.data.Dataset):
         self.episodes = self._check_episodes(episodes)
         self.image_transforms = image_transforms
         self.video_backend = video_backend or "pyav"
-        if self.video_backend != "pyav":
-            raise DatasetError(f"video_backend '{self.video_backend}' is not supported; use 'pyav'")
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise DatasetError(f"video_backend '{self.video_backend}' is not one of {', '.join(VIDEO_BACKENDS)}")
+        if self.video_backend == "torchcodec" and self.meta.video_keys:
+            from robotrain.datasets.torchcodec_backend import check_available
+
+            check_available()
         self.tolerance_s = tolerance_s
         self.return_uint8 = return_uint8
         self.frame_size = self._check_frame_size(frame_size)

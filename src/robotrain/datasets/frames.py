@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DECODERS = DecoderCache()  # one per process; DataLoader workers get their own after fork
+_TORCHCODEC_DECODERS: DecoderCache | None = None  # made on first use: torchcodec is optional
 
 
 def check_frame_size(frame_size: object) -> tuple[int, int] | None:
@@ -86,7 +87,17 @@ class DecodingSource:
 
     def get(self, key: str, rows: list[int]) -> np.ndarray:
         path, times = self.dataset.video_timestamps(key, rows)
-        return resize_frames(_DECODERS.get(path).frames_at(times, self.dataset.tolerance_s), self.dataset.frame_size)
+        decoders = _torchcodec_decoders() if self.dataset.video_backend == "torchcodec" else _DECODERS
+        return resize_frames(decoders.get(path).frames_at(times, self.dataset.tolerance_s), self.dataset.frame_size)
+
+
+def _torchcodec_decoders() -> DecoderCache:
+    global _TORCHCODEC_DECODERS
+    if _TORCHCODEC_DECODERS is None:
+        from robotrain.datasets.torchcodec_backend import TorchcodecDecoder
+
+        _TORCHCODEC_DECODERS = DecoderCache(opener=TorchcodecDecoder)
+    return _TORCHCODEC_DECODERS
 
 
 class FrameCache:

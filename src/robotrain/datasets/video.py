@@ -433,8 +433,9 @@ class DecoderCache:
     """Per-process LRU of open VideoDecoders (bounded; default 16 files), safe across fork: a child process that
     inherits the cache drops the parent's decoders instead of sharing their FFmpeg state (check os.getpid())."""
 
-    def __init__(self, max_open: int = 16):
+    def __init__(self, max_open: int = 16, opener: Any = None):
         self.max_open = max_open
+        self.opener = opener or VideoDecoder  # a class with frames_at(times, tolerance_s) and close()
         self._decoders: OrderedDict[Path, VideoDecoder] = OrderedDict()  # least recently used first
         self._pid = os.getpid()
         self._inherited: list[VideoDecoder] = []
@@ -449,7 +450,7 @@ class DecoderCache:
         if decoder is not None and self._identities.get(path) != identity:
             decoder.close()  # the file was replaced (e.g. an episode appended): the open one shows old frames
             decoder = None
-        decoder = decoder or VideoDecoder(path)
+        decoder = decoder or self.opener(path)
         self._decoders[path], self._identities[path] = decoder, identity
         while len(self._decoders) > self.max_open:
             self._decoders.popitem(last=False)[1].close()

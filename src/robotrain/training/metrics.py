@@ -77,6 +77,12 @@ def train_line(step: int, samples: int, frames_per_episode: float, num_frames: i
     return " ".join(parts)
 
 
+def val_line(step: int, scores: dict[str, float]) -> str:
+    """The console line of a validation on held-out episodes."""
+    return (f"step:{format_big_number(step)} val_loss:{scores['val_loss']:.4f} "
+            f"val_action_mae:{scores['val_action_mae']:.4f} val_s:{scores['val_s']:.1f}")
+
+
 def eval_line(step: int, aggregated: dict[str, float]) -> str:
     parts = [f"step:{format_big_number(step)}"]
     parts += [f"{label}:{aggregated[key]:{fmt}}" for key, (label, fmt) in EVAL_FIELDS.items() if key in aggregated]
@@ -137,23 +143,31 @@ def draw_plots(output_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(Path(output_dir) / METRICS_FILE)
-    curves = {"loss": ("train", "loss"), "lr": ("train", "lr"), "grad_norm": ("train", "grad_norm"),
-              "eval_success": ("eval", "pc_success"), "eval_reward": ("eval", "avg_sum_reward")}
+    # One plot per name; each holds one or more series (kind, key): the loss plot shows validation beside training.
+    curves = {"loss": [("train", "loss"), ("val", "val_loss")], "lr": [("train", "lr")],
+              "grad_norm": [("train", "grad_norm")], "val_action_mae": [("val", "val_action_mae")],
+              "eval_success": [("eval", "pc_success")], "eval_reward": [("eval", "avg_sum_reward")]}
     plots_dir = Path(output_dir) / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
     written = []
-    for name, (kind, key) in curves.items():
-        points = [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r]
-        if not points:
+    for name, series in curves.items():
+        drawn = [(kind, key, [(r["step"], r[key]) for r in rows if r.get("kind") == kind and key in r])
+                 for kind, key in series]
+        drawn = [(kind, key, points) for kind, key, points in drawn if points]
+        if not drawn:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ax.plot(*zip(*points, strict=True), marker="o" if kind == "eval" else None, linewidth=1.2)
+        for kind, key, points in drawn:
+            ax.plot(*zip(*points, strict=True), marker=None if kind == "train" else "o", linewidth=1.2,
+                    label=f"{kind} {key}")
         ax.set_xlabel("step")
-        ax.set_ylabel(key)
-        if name in ("loss", "grad_norm") and all(v > 0 for _, v in points):
+        ax.set_ylabel(drawn[0][1])
+        if name in ("loss", "grad_norm") and all(v > 0 for _, _, points in drawn for _, v in points):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.set_title(f"{kind} {key}")
+        if len(drawn) > 1:
+            ax.legend()
+        ax.set_title(" / ".join(f"{kind} {key}" for kind, key, _ in drawn))
         fig.tight_layout()
         path = plots_dir / f"{name}.png"
         atomic_write(path, functools.partial(fig.savefig, format="png"))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robotrain.configs.default import DatasetConfig
 from robotrain.configs.policies import PolicyConfig
 from robotrain.configs.train import TrainConfig
 from robotrain.configs.types import ACTION, OBS_PREFIX, REWARD
@@ -54,20 +55,33 @@ def delta_timestamps(policy: PolicyConfig, meta: LeRobotDatasetMetadata) -> dict
     return out or None
 
 
-def make_dataset(cfg: TrainConfig) -> LeRobotDataset:
-    """The training dataset: frames as uint8 (made float on the device), cached as --dataset.frame_cache says, and
-    already at the policy's resize_shape when it has one (Diffusion), so the model's own resize is skipped."""
+def make_datasets(cfg: TrainConfig) -> tuple[LeRobotDataset, LeRobotDataset | None]:
+    """The training dataset and, with --dataset.val_episodes or --dataset.val_fraction, the held-out one."""
     if cfg.dataset.image_transforms.enable:
         raise ConfigError("dataset.image_transforms.enable", True, "is not available in this version of robotrain",
                           "drop it (Diffusion Policy crops randomly inside the model already)")
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, cfg.dataset.root, cfg.dataset.revision, cfg.dataset.episodes)
-    dataset = LeRobotDataset(cfg.dataset.repo_id, root=cfg.dataset.root, episodes=cfg.dataset.episodes,
-                             delta_timestamps=delta_timestamps(cfg.policy, meta), tolerance_s=cfg.tolerance_s,
-                             revision=cfg.dataset.revision, video_backend=cfg.dataset.video_backend,
-                             return_uint8=True, frame_cache=cfg.dataset.frame_cache, meta=meta,
-                             frame_size=cfg.policy.camera_frame_size)
+    training, held_out = cfg.dataset.split_episodes(meta.total_episodes)
+    dataset = make_dataset(cfg.dataset, cfg.policy, cfg.tolerance_s, training, meta)
+    validation = make_dataset(cfg.dataset, cfg.policy, cfg.tolerance_s, held_out, meta) if held_out else None
+    if validation is not None:
+        logger.info("validation: %d held-out episode(s) (%s frames)", validation.num_episodes, validation.num_frames)
+    return dataset, validation
+
+
+def make_dataset(dataset_cfg: DatasetConfig, policy: PolicyConfig, tolerance_s: float, episodes: list[int] | None,
+                 meta: LeRobotDatasetMetadata | None = None) -> LeRobotDataset:
+    """A dataset as a policy reads it: frames as uint8 (made float on the device), cached as
+    --dataset.frame_cache says, already at the policy's camera_frame_size when it has one (Diffusion's resize), and
+    checked for NaN in every column the policy reads."""
+    meta = meta or LeRobotDatasetMetadata(dataset_cfg.repo_id, dataset_cfg.root, dataset_cfg.revision, episodes)
+    dataset = LeRobotDataset(dataset_cfg.repo_id, root=dataset_cfg.root, episodes=episodes,
+                             delta_timestamps=delta_timestamps(policy, meta), tolerance_s=tolerance_s,
+                             revision=dataset_cfg.revision, video_backend=dataset_cfg.video_backend,
+                             return_uint8=True, frame_cache=dataset_cfg.frame_cache, meta=meta,
+                             frame_size=policy.camera_frame_size)
     used = [k for k in dataset.columns if k.startswith(OBS_PREFIX) or k == ACTION
-            or (k == REWARD and cfg.policy.reward_delta_indices is not None)]
+            or (k == REWARD and policy.reward_delta_indices is not None)]
     check_finite(dataset, used)
     return dataset
 

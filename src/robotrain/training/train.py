@@ -41,6 +41,7 @@ from robotrain.training.metrics import (
     format_big_number,
     start_wandb,
     train_line,
+    val_line,
 )
 from robotrain.training.sampler import EpisodeAwareSampler
 from robotrain.training.setup import (
@@ -49,7 +50,7 @@ from robotrain.training.setup import (
     checkpoint_bytes,
     dataset_stats,
     lock_run,
-    make_dataset,
+    make_datasets,
     set_seed,
 )
 
@@ -103,7 +104,7 @@ def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainR
     set_seed(cfg.seed, topology.rank)
     precision = choose_precision(device, cfg.policy.use_amp)
 
-    dataset = make_dataset(cfg)
+    dataset, validation = make_datasets(cfg)
     policy = make_policy(cfg.policy, ds_meta=dataset.meta, dataset_stats=dataset_stats(cfg, dataset),
                          use_dataset_stats=not plan.resumes, adapt_features=cfg.adapt_features).to(device)
     optimizer = cfg.optimizer.build(policy.get_optim_params())
@@ -111,7 +112,7 @@ def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainR
     trainee = Trainee(policy, distributed.wrap(policy, topology), optimizer, scheduler, device, precision, topology)
     with lock_run(output_dir) if topology.is_main else nullcontext():  # nothing is written before this point
         step, samples = _start_run(cfg, plan, trainee)
-        return _loop(cfg, output_dir, dataset, trainee, step, samples)
+        return _loop(cfg, output_dir, dataset, validation, trainee, step, samples)
 
 
 def _start_run(cfg: TrainConfig, plan: RunPlan, trainee: Trainee) -> tuple[int, int]:
@@ -132,7 +133,7 @@ def _start_run(cfg: TrainConfig, plan: RunPlan, trainee: Trainee) -> tuple[int, 
     return step, samples
 
 
-def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, trainee: Trainee, step: int,
+def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, validation: Any, trainee: Trainee, step: int,
           samples: int) -> TrainResult:
     """The training loop: batches, updates, log lines, checkpoints and evaluations until cfg.steps or a signal."""
     topology, main = trainee.topology, trainee.topology.is_main
@@ -144,6 +145,7 @@ def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, trainee: Trainee, st
     if run_log is not None:
         run_log.truncate_after(step)
     evaluator = make_evaluator(cfg, trainee.policy, output_dir) if main else None
+    validator = make_validator(cfg, validation) if main else None
     _log_banner(cfg, dataset, trainee)
 
     camera_keys = list(dataset.meta.camera_keys)
@@ -177,7 +179,11 @@ def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, trainee: Trainee, st
                 means.reset()
             if cfg.save_checkpoint and (step == cfg.steps or (cfg.save_freq > 0 and step % cfg.save_freq == 0)):
                 saved = save(cfg, output_dir, trainee, step, samples)
-            if cfg.env is not None and cfg.eval_freq > 0 and step % cfg.eval_freq == 0:
+            if (cfg.env is not None or validation is not None) and cfg.eval_freq > 0 and step % cfg.eval_freq == 0:
+                if validator is not None:
+                    scores = validator(trainee.policy)
+                    logger.info(val_line(step, scores))
+                    run_log.write("val", step, scores)
                 if evaluator is not None:
                     aggregated = evaluator(step)
                     logger.info(eval_line(step, aggregated))
@@ -271,6 +277,23 @@ def make_loader(cfg: TrainConfig, dataset: Any, sampler: torch.utils.data.Sample
 def shield_worker(owner_pid: int, _worker_id: int) -> None:
     """worker_init_fn of the data loader (see robotrain.signals)."""
     shield_helper(owner_pid)
+
+
+def make_validator(cfg: TrainConfig, validation: Any) -> Any:
+    """A function policy -> validation scores ({val_loss, val_action_mae, ...}), or None without held-out episodes
+    or with --eval_freq=0."""
+    if validation is None or cfg.eval_freq == 0:
+        return None
+    from robotrain.evaluation.offline import OfflineEvaluator
+
+    evaluator = OfflineEvaluator(validation, seed=cfg.seed, max_samples=cfg.eval.max_samples)
+
+    def validate(policy: Any) -> dict[str, float]:
+        report = evaluator.run(policy)
+        return {"val_loss": report["loss"], "val_action_mae": report["action_mae"],
+                "val_action_rmse": report["action_rmse"], "val_s": report["eval_s"]}
+
+    return validate
 
 
 def make_evaluator(cfg: TrainConfig, policy: torch.nn.Module, output_dir: Path) -> Any:
