@@ -9,7 +9,7 @@ A step is forward + backward + clipping + optimizer step; select_action is timed
 includes a full chunk prediction (batch 1). robotrain normalizes inside the policy, so its step also pays for the
 normalization that LeRobot does in processors outside it.
 
-Usage: python bench/policy_step.py [--policies act,diffusion --batch 8 --warmup 3 --steps 10 --threads 2]
+Usage: python bench/policy_step.py [--policies act,diffusion,tdmpc,vqbet --batch 8 --warmup 3 --steps 10 --threads 2]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_policy_step import Runner, make_batch  # noqa: E402
+from peer_policy_step import OVERRIDES, Runner, make_batch  # noqa: E402
 
 PEER_PYTHON = Path(os.environ.get("LEROBOT_PEER_VENV", "~/.cache/lerobot-peer/venv")).expanduser() / "bin/python"
 
@@ -36,7 +36,11 @@ def make_config(policy_type: str):
     from robotrain.configs.policies import PolicyConfig
     from robotrain.configs.types import FeatureType, PolicyFeature
 
-    config = PolicyConfig.get_choice_class(policy_type)(pretrained_backbone_weights=None, device="cpu")
+    config_class = PolicyConfig.get_choice_class(policy_type)
+    options = {"device": "cpu", **OVERRIDES.get(policy_type, {})}
+    if "pretrained_backbone_weights" in config_class.__dataclass_fields__:
+        options["pretrained_backbone_weights"] = None
+    config = config_class(**options)
     config.input_features = {"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 96, 96)),
                              "observation.state": PolicyFeature(FeatureType.STATE, (2,))}
     config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (2,))}
@@ -155,7 +159,7 @@ def table_row(policy_type: str, r: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", default="act,diffusion")
+    parser.add_argument("--policies", default="act,diffusion,tdmpc,vqbet")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

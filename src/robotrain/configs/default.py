@@ -17,14 +17,21 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 @dataclass
 class ImageTransformConfig:
-    """One augmentation: a transform type, its arguments and how often it is picked."""
+    """One augmentation: a transform type, its arguments and how often it is picked (LeRobot's names)."""
 
     weight: float = 1.0
-    """Relative probability of picking this transform; 0 or less disables it."""
+    """Relative probability of picking this transform for a sample; 0 or less disables it."""
     type: str = "Identity"
-    """Transform name, e.g. ColorJitter, SharpnessJitter, RandomAffine."""
+    """Transform: ColorJitter, SharpnessJitter, RandomAffine or Identity (checked when image_transforms.enable)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Arguments of the transform, e.g. {brightness: [0.8, 1.2]}."""
+    """Arguments of the transform, as torchvision names them: ColorJitter {brightness, contrast, saturation, hue},
+    SharpnessJitter {sharpness}, RandomAffine {degrees, translate, scale, shear, interpolation, fill}; a range is
+    [low, high], e.g. --dataset.image_transforms.tfs.brightness.kwargs.brightness=[0.5,1.5]."""
+
+    def validate(self) -> None:
+        if not abs(self.weight) < float("inf"):  # NaN or infinite (NaN compares false)
+            raise ConfigError("weight", self.weight, "must be a finite number",
+                              "use a relative probability such as 1.0, or 0 to disable this transform")
 
 
 def _default_image_transforms() -> dict[str, ImageTransformConfig]:
@@ -41,14 +48,15 @@ def _default_image_transforms() -> dict[str, ImageTransformConfig]:
 
 @dataclass
 class ImageTransformsConfig:
-    """Camera augmentations applied in training (off by default), a random subset per sample."""
+    """Camera augmentations in training (off by default): for each sample and camera, a random subset of the
+    transforms below, batched on the training device (robotrain.datasets.transforms)."""
 
     enable: bool = False
-    """Apply augmentations to camera frames during training."""
+    """Augment camera frames during training (every time step of a sample gets the same draw)."""
     max_num_transforms: int = 3
-    """How many of the transforms below are applied to each frame at most."""
+    """How many of the transforms below apply to each sample at most (picked by weight, without replacement)."""
     random_order: bool = False
-    """Apply the picked transforms in random order instead of the order listed."""
+    """Apply the picked transforms in the order drawn instead of the order listed."""
     tfs: dict[str, ImageTransformConfig] = field(default_factory=_default_image_transforms)
     """The available transforms by name."""
 
@@ -56,6 +64,13 @@ class ImageTransformsConfig:
         if self.max_num_transforms < 1:
             raise ConfigError("max_num_transforms", self.max_num_transforms, "must be at least 1",
                               "pick how many transforms apply per frame, e.g. 3, or set enable=false")
+        if self.enable:  # only then: a LeRobot config may name transforms robotrain lacks, unused while disabled
+            from robotrain.datasets.transforms import FIELD, check_transforms  # late: keeps `--help` light
+
+            try:
+                check_transforms(self)
+            except ConfigError as exc:  # its fix names full flags; the field goes back relative, the parser prefixes it
+                raise ConfigError(exc.field.removeprefix(f"{FIELD}."), exc.value, exc.problem, exc.fix) from None
 
 
 @dataclass

@@ -188,8 +188,12 @@ def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
 
 
 # ---- random number generators -----------------------------------------------------------------------------
-def rng_state() -> dict[str, torch.Tensor]:
-    """Python, NumPy and torch (CPU and CUDA) generator states as tensors, with LeRobot's key names."""
+AUGMENT_RNG = "image_transforms_generator"  # robotrain's own key: LeRobot reads only py*/np*/torch* keys
+
+
+def rng_state(augmenter: Any = None) -> dict[str, torch.Tensor]:
+    """Python, NumPy and torch (CPU and CUDA) generator states as tensors, with LeRobot's key names, and the image
+    augmentation's generator when training augments."""
     version, py_state, gauss = random.getstate()
     _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
@@ -204,6 +208,8 @@ def rng_state() -> dict[str, torch.Tensor]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["torch_cuda_rng_state"] = torch.cuda.get_rng_state()
+    if augmenter is not None:
+        state[AUGMENT_RNG] = augmenter.state_dict()["generator"]
     return state
 
 
@@ -226,7 +232,7 @@ def rng_file(rank: int) -> str:
 
 
 def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0,
-                        seed: int | None = None) -> tuple[int, int]:
+                        seed: int | None = None, augmenter: Any = None) -> tuple[int, int]:
     """Restore optimizer, scheduler and this rank's RNG from `checkpoint`; returns (step, samples drawn so far).
 
     A rank the checkpoint has no random state for (it was saved by fewer processes) continues from rank 0's state
@@ -246,7 +252,10 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
     if scheduler is not None and (state_dir / SCHEDULER_STATE).is_file():
         scheduler.load_state_dict(_read_json(state_dir / SCHEDULER_STATE))
     own = state_dir / rng_file(rank)
-    set_rng_state(read_safetensors(own if own.is_file() else state_dir / RNG_STATE))
+    rng = read_safetensors(own if own.is_file() else state_dir / RNG_STATE)
+    set_rng_state(rng)
+    if augmenter is not None:
+        _restore_augmenter(augmenter, rng if own.is_file() else {}, checkpoint, rank, seed, info["step"])
     if not own.is_file():
         from robotrain.training.setup import set_seed
 
@@ -254,6 +263,17 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, sche
                        rank, info.get("dp_world_size", 1))
         set_seed(int(np.random.SeedSequence([seed or 0, rank, info["step"]]).generate_state(1)[0]))
     return info["step"], info["samples"]
+
+
+def _restore_augmenter(augmenter: Any, rng: dict[str, torch.Tensor], checkpoint: Path, rank: int, seed: int | None,
+                       step: int) -> None:
+    """The augmentation generator of this rank; reseeded (with a warning) when the checkpoint has none (saved
+    without augmentation, by fewer processes, or by LeRobot): the run goes on, no longer a replay."""
+    if AUGMENT_RNG in rng:
+        augmenter.load_state_dict({"generator": rng[AUGMENT_RNG]})
+        return
+    logger.warning("%s holds no image augmentation state for process %d: reseeding it", checkpoint, rank)
+    augmenter.generator.manual_seed(int(np.random.SeedSequence([seed or 0, rank, step, 1]).generate_state(1)[0]))
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -57,9 +57,6 @@ def delta_timestamps(policy: PolicyConfig, meta: LeRobotDatasetMetadata) -> dict
 
 def make_datasets(cfg: TrainConfig) -> tuple[LeRobotDataset, LeRobotDataset | None]:
     """The training dataset and, with --dataset.val_episodes or --dataset.val_fraction, the held-out one."""
-    if cfg.dataset.image_transforms.enable:
-        raise ConfigError("dataset.image_transforms.enable", True, "is not available in this version of robotrain",
-                          "drop it (Diffusion Policy crops randomly inside the model already)")
     meta = LeRobotDatasetMetadata(cfg.dataset.repo_id, cfg.dataset.root, cfg.dataset.revision, cfg.dataset.episodes)
     training, held_out = cfg.dataset.split_episodes(meta.total_episodes)
     dataset = make_dataset(cfg.dataset, cfg.policy, cfg.tolerance_s, training, meta)

@@ -26,6 +26,7 @@ import torch
 
 from robotrain.configs.run import RunPlan, step_id
 from robotrain.configs.train import TrainConfig, config_to_dict, save_config
+from robotrain.datasets.transforms import BatchAugmenter, make_augmenter
 from robotrain.devices import Precision, choose_precision, resolve_device
 from robotrain.errors import UserError
 from robotrain.memory import reuse_freed_memory
@@ -82,6 +83,7 @@ class Trainee:
     device: torch.device
     precision: Precision
     topology: Topology
+    augment: BatchAugmenter | None = None  # --dataset.image_transforms: batched, on the device, seeded
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -109,7 +111,8 @@ def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainR
                          use_dataset_stats=not plan.resumes, adapt_features=cfg.adapt_features).to(device)
     optimizer = cfg.optimizer.build(policy.get_optim_params())
     scheduler = cfg.scheduler.build(optimizer, cfg.steps) if cfg.scheduler is not None else None
-    trainee = Trainee(policy, distributed.wrap(policy, topology), optimizer, scheduler, device, precision, topology)
+    trainee = Trainee(policy, distributed.wrap(policy, topology), optimizer, scheduler, device, precision, topology,
+                      make_augmenter(cfg.dataset.image_transforms, cfg.seed, topology.rank))
     with lock_run(output_dir) if topology.is_main else nullcontext():  # nothing is written before this point
         step, samples = _start_run(cfg, plan, trainee)
         return _loop(cfg, output_dir, dataset, validation, trainee, step, samples)
@@ -121,7 +124,7 @@ def _start_run(cfg: TrainConfig, plan: RunPlan, trainee: Trainee) -> tuple[int, 
     step, samples = 0, 0
     if plan.resumes:
         step, samples = ckpt.load_training_state(plan.checkpoint, trainee.optimizer, trainee.scheduler,
-                                                 trainee.topology.rank, cfg.seed)
+                                                 trainee.topology.rank, cfg.seed, trainee.augment)
         logger.info("resuming from step %d (%s)", step, plan.checkpoint)
     if trainee.topology.is_main:
         ckpt.remove_partial_checkpoints(plan.output_dir)  # first: their space counts as free
@@ -210,6 +213,8 @@ def train_step(trainee: Trainee, batches: Iterator[dict[str, Any]], camera_keys:
         start = time.perf_counter()
         batch = batch_to_device(next_batch(batches), trainee.device, camera_keys)
         data_s += time.perf_counter() - start
+        if trainee.augment is not None:  # each batch of an accumulation draws its own augmentations
+            batch = trainee.augment(batch, camera_keys)
         # Gradients are averaged across ranks once per optimizer step, with the last batch of the accumulation.
         with distributed.sync_gradients(trainee.model, micro == accumulate - 1), trainee.precision.autocast():
             loss, outputs = trainee.model(batch)
@@ -238,7 +243,7 @@ def train_step(trainee: Trainee, batches: Iterator[dict[str, Any]], camera_keys:
 def save(cfg: TrainConfig, output_dir: Path, trainee: Trainee, step: int, samples: int) -> Path | None:
     """Checkpoint `step`. Every rank calls it; rank 0 writes, with every rank's random state, and gets the
     checkpoint's folder back (the others get None)."""
-    rng_states = distributed.gather_objects(ckpt.rng_state(), trainee.topology)
+    rng_states = distributed.gather_objects(ckpt.rng_state(trainee.augment), trainee.topology)
     saved = None
     if trainee.topology.is_main:
         saved = ckpt.save_checkpoint(output_dir, step, cfg, trainee.policy, trainee.optimizer, trainee.scheduler,
