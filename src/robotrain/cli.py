@@ -31,6 +31,7 @@ commands:
   train     train a policy on a dataset (same flags as lerobot-train)
   eval      evaluate a policy in simulation (same flags as lerobot-eval)
   dataset   dataset tools: {', '.join(DATASET_COMMANDS)}
+  push      upload a trained policy with a model card to the Hugging Face Hub
   demo      record demonstrations, train and evaluate a small policy, all locally
 
 Run `robotrain <command> --help` for its flags. Every command takes --log_level=DEBUG|INFO|WARNING|ERROR.
@@ -97,6 +98,8 @@ def cmd_train(argv: list[str]) -> int:
     print(f"done: {result.step} steps in {result.output_dir}")
     if result.checkpoint is not None:
         print(f"  checkpoint: {result.checkpoint}/pretrained_model")
+    if result.hub_url:
+        print(f"  hub:        {result.hub_url}")
     print(f"  metrics:    {result.output_dir}/metrics.jsonl, plots in {result.output_dir}/plots")
     return EXIT_OK
 
@@ -216,6 +219,14 @@ def cmd_dataset(argv: list[str]) -> int:
     return DATASET_TOOLS[tool](argv[1:])
 
 
+def cmd_push(argv: list[str]) -> int:
+    from robotrain.hub_upload import parse_push_config, push_policy
+
+    url = push_policy(parse_push_config(argv))
+    print(f"pushed to {url}")
+    return EXIT_OK
+
+
 def cmd_demo(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_command
     from robotrain.demo import DemoConfig, run_demo
@@ -241,7 +252,7 @@ each step on its own:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "train": cmd_train, "eval": cmd_eval, "dataset": cmd_dataset, "demo": cmd_demo,
+    "train": cmd_train, "eval": cmd_eval, "dataset": cmd_dataset, "push": cmd_push, "demo": cmd_demo,
 }
 
 

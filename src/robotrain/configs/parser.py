@@ -210,14 +210,20 @@ def _load_sources(line: CommandLine, config_cls: type,
         data = prune_unknown(config_cls, legacy.upgrade_file(load_config_file(config_file, "config_path")), (),
                              ("config_path", config_file), dropped)
         if config_cls is TrainConfig and not resume:
-            # A finished run's location and W&B run belong to that run; a new run gets its own.
+            # A finished run's location, W&B run and Hub repo belong to that run; a new run gets its own.
             data.pop("output_dir", None)
             data.get("wandb", {}).pop("run_id", None)
+            for key in ("push_to_hub", "repo_id"):
+                data.get("policy", {}).pop(key, None)
         data.pop("resume", None)  # only the command line decides whether this run resumes
     policy_dir = None
     if line.policy_path is not None:
         policy_dir, policy_file = locate_policy_dir(line.policy_path)
         policy_data = load_config_file(policy_file, "policy.path")
+        # Where a run publishes is its command line's choice: a policy pushed once must not make every fine-tune
+        # of it push to (and overwrite) the same repo.
+        for key in ("push_to_hub", "repo_id"):
+            policy_data.pop(key, None)
         if "type" not in policy_data:
             raise ConfigError("policy.path", line.policy_path, f"{policy_file} has no \"type\" key",
                               "point at a policy saved by robotrain or LeRobot")

@@ -24,6 +24,7 @@ from robotrain.configs.run import (
 from robotrain.envs.configs import EnvConfig
 from robotrain.errors import ConfigError
 from robotrain.files import atomic_write_json, folder_lock_path, lock_holder
+from robotrain.hub_upload import check_push_to_hub
 from robotrain.optim.optimizers import OptimizerConfig
 from robotrain.optim.schedulers import LRSchedulerConfig
 from robotrain.policies.registry import policy_spec, policy_specs
@@ -151,6 +152,7 @@ def resolve_train_config(cfg: TrainConfig, cli_flags: set[str], resume: ResumeSo
     _apply_training_preset(cfg, cli_flags)
     _check_writable(cfg.output_dir)
     _check_not_training(cfg.output_dir)
+    check_push_to_hub(cfg)  # when asked for: network, token and repo checked before any work
     return cfg
 
 

@@ -36,6 +36,10 @@ class PolicySpec:
     model: str | None
     """"<module>:<class>" of the Policy subclass, imported on first use; None while only the config exists (the
     type parses, and training or evaluating it is refused before any work, naming the policies that have models)."""
+    title: str = ""
+    """The policy's name for people (model cards, docs), e.g. "ACT (Action Chunking with Transformers)"."""
+    paper: str | None = None
+    """Where the method was published (a URL), for model cards."""
     tiny_config: Mapping[str, Any] = field(default_factory=dict)
     """Config fields (features included) of a small, fast variant: the contract tests build it with seed 0."""
     tiny_loss: float | None = None

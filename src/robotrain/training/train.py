@@ -69,6 +69,7 @@ class TrainResult:
     checkpoint: Path | None
     stopped_by: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
     is_main: bool = True  # rank 0 of a multi-process job: the one that reports
+    hub_url: str | None = None  # where --policy.push_to_hub uploaded the final checkpoint
 
 
 @dataclass
@@ -91,9 +92,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     device = resolve_device(cfg.policy.device)
     topology = distributed.start(device)
     try:
-        return _train(cfg, topology, distributed.device_for(device, topology))
+        result = _train(cfg, topology, distributed.device_for(device, topology))
     finally:
         distributed.stop()
+    # After the process group is gone: a long upload must not hold the other ranks or time out a collective.
+    if cfg.policy.push_to_hub and result.is_main and result.stopped_by is None and result.checkpoint is not None:
+        from robotrain.hub_upload import push_trained_policy
+
+        result.hub_url = push_trained_policy(cfg, result.checkpoint)
+    return result
 
 
 def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainResult:

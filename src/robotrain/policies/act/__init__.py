@@ -7,6 +7,8 @@ from robotrain.policies.registry import PolicySpec, register_policy
 register_policy(PolicySpec(
     name="act",
     config_class=ACTConfig,
+    title="ACT (Action Chunking with Transformers)",
+    paper="https://arxiv.org/abs/2304.13705",
     model="robotrain.policies.act.modeling:ACTPolicy",
     tiny_config={
         "input_features": {OBS_IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),

@@ -8,6 +8,8 @@ from robotrain.policies.registry import PolicySpec, register_policy
 register_policy(PolicySpec(
     name="diffusion",
     config_class=DiffusionConfig,
+    title="Diffusion Policy",
+    paper="https://arxiv.org/abs/2303.04137",
     model="robotrain.policies.diffusion.modeling:DiffusionPolicy",
     tiny_config={
         "input_features": {OBS_IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 24, 24)),

@@ -15,6 +15,8 @@ from robotrain.policies.smolvla.vlm import TINY_BACKBONE
 register_policy(PolicySpec(
     name="smolvla",
     config_class=SmolVLAConfig,
+    title="SmolVLA",
+    paper="https://arxiv.org/abs/2506.01844",
     model="robotrain.policies.smolvla.modeling:SmolVLAPolicy",
     tiny_config={
         "input_features": {OBS_IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 24, 32)),

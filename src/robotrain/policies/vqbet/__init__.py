@@ -8,6 +8,8 @@ from robotrain.policies.vqbet.lerobot_names import map_lerobot_names
 register_policy(PolicySpec(
     name="vqbet",
     config_class=VQBeTConfig,
+    title="VQ-BeT (Vector-Quantized Behavior Transformer)",
+    paper="https://arxiv.org/abs/2403.03181",
     model="robotrain.policies.vqbet.modeling:VQBeTPolicy",
     tiny_config={
         "input_features": {OBS_IMAGE: PolicyFeature(FeatureType.VISUAL, (3, 24, 24)),
