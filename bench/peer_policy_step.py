@@ -41,6 +41,8 @@ class Runner:
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.clip_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
+            if callable(getattr(self.policy, "update", None)):  # TD-MPC's target network, as both trainers do
+                self.policy.update()
             out.append((time.perf_counter() - start, time.process_time() - start_cpu))
         return out
 

@@ -235,7 +235,7 @@ def test_cli_interrupted_says_how_to_continue(tmp_path, monkeypatch, capsys):
     (["--env.type=pusht", "--repo_id=a/b", "--num_episodes=0"], "--num_episodes=0: must be at least 1"),
     (["--env.type=pusht", "--repo_id=a/b", "--vcodec=vp9"], "--vcodec=vp9: is not a supported codec"),
     (["--env.type=aloha", "--env.task=AlohaTransferCub-v0", "--repo_id=a/b"], "did you mean --env.task=Aloha"),
-    (["--env.type=xarm", "--repo_id=a/b"], "no scripted expert"),
+    (["--env.type=xarm", "--repo_id=a/b", "--env.obs_type=state"], "--env.obs_type=state"),
     (["--env.type=pusht", "--repo_id=../x"], "--repo_id=../x: is not a dataset id"),
     (["--env.type=pusht", "--repo_id=a/b", "--num_episode=3"], "did you mean --num_episodes"),
 ])

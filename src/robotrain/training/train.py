@@ -164,7 +164,7 @@ def _loop(cfg: TrainConfig, output_dir: Path, dataset: Any, validation: Any, tra
     means, saved, stopping = RunningMeans(), None, False
     trainee.policy.train()
     batches = iter(loader)
-    with StopRequest(repeat_acts_at_once=not topology.distributed) as stop, \
+    with closing_loader(batches), StopRequest(repeat_acts_at_once=not topology.distributed) as stop, \
             _progress(cfg.steps, step, enabled=main) as progress:
         while step < cfg.steps and not stopping:
             start = time.perf_counter()
@@ -258,6 +258,19 @@ def save(cfg: TrainConfig, output_dir: Path, trainee: Trainee, step: int, sample
         draw_plots(output_dir)
     distributed.barrier(trainee.topology)
     return saved
+
+
+@contextmanager
+def closing_loader(batches: Iterator[dict[str, Any]]) -> Iterator[None]:
+    """Stop the loader's workers when the loop ends, however it ends. Left to garbage collection after an error,
+    they would be stopped by multiprocessing's exit handler instead, whose SIGTERM workers ignore unless this
+    process sends it (robotrain.signals) -- done here, in order, and before the process exits."""
+    try:
+        yield
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # PyTorch's own: done-event, then join
+        if shutdown is not None:
+            shutdown()
 
 
 def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:

@@ -72,8 +72,12 @@ def get_expert(env_cfg: EnvConfig) -> Expert:
         from robotrain.envs.experts.pusht import demonstrate_pusht
 
         return demonstrate_pusht
+    if env_cfg.type == "xarm":
+        from robotrain.envs.experts.xarm import demonstrate_xarm
+
+        return demonstrate_xarm
     raise UserError(f"--env.type={env_cfg.type}: there is no scripted expert for this env. "
-                    "Fix: record with --env.type=aloha or --env.type=pusht")
+                    "Fix: record with --env.type=aloha, --env.type=pusht or --env.type=xarm")
 
 
 def demonstrate(env_cfg: EnvConfig, seed: int, render: bool = True) -> Demonstration:
