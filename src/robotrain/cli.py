@@ -33,6 +33,7 @@ commands:
   dataset   dataset tools: {', '.join(DATASET_COMMANDS)}
   push      upload a trained policy with a model card to the Hugging Face Hub
   demo      record demonstrations, train and evaluate a small policy, all locally
+  tune      search hyperparameters with optuna over short trainings (pip install 'robotrain[tune]')
 
 Run `robotrain <command> --help` for its flags. Every command takes --log_level=DEBUG|INFO|WARNING|ERROR.
 """
@@ -227,6 +228,12 @@ def cmd_push(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_tune(argv: list[str]) -> int:
+    from robotrain.tune import cmd_tune as run_tune
+
+    return run_tune(argv)
+
+
 def cmd_demo(argv: list[str]) -> int:
     from robotrain.configs.parser import parse_command
     from robotrain.demo import DemoConfig, run_demo
@@ -253,6 +260,7 @@ each step on its own:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train, "eval": cmd_eval, "dataset": cmd_dataset, "push": cmd_push, "demo": cmd_demo,
+    "tune": cmd_tune,
 }
 
 

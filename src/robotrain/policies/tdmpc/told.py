@@ -61,6 +61,10 @@ class TDMPCTOLD(nn.Module):
         self._Qs = nn.ModuleList(_value_mlp(latent + action_dim, hidden) for _ in range(config.q_ensemble_size))
         self._V = _value_mlp(latent, hidden)
         self._init_weights()
+        if self._encoder.image_key is not None:
+            # oneDNN convolves channels-last images faster (the Diffusion backbone does the same); the weights'
+            # values and names are unchanged, only their memory layout (4-D tensors only: the convolutions').
+            self._encoder.image_enc_layers.to(memory_format=torch.channels_last)
 
     def _init_weights(self) -> None:
         """Orthogonal weights (ReLU gain for convolutions), zero biases; the reward and Q outputs start at zero
@@ -139,11 +143,13 @@ class TDMPCObservationEncoder(nn.Module):
             channels, height, width = config.image_features[self.image_key].shape
             dim, layers, in_channels = config.image_encoder_hidden_dim, [], channels
             for kernel, stride in IMAGE_CONVS:
-                layers += [nn.Conv2d(in_channels, dim, kernel, stride=stride), nn.ReLU()]
+                # In place: the activations are the largest tensors of a step, and ReLU needs no copy of its input.
+                layers += [nn.Conv2d(in_channels, dim, kernel, stride=stride), nn.ReLU(inplace=True)]
                 in_channels = dim
             flat = dim * conv_output_size(height) * conv_output_size(width)
             self.image_enc_layers = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, latent),
                                                   nn.LayerNorm(latent), nn.Sigmoid())
+
         if self.has_state:
             self.state_enc_layers = _state_encoder(config.input_features[OBS_STATE].shape[0], hidden, latent)
         if self.has_env_state:
@@ -155,7 +161,8 @@ class TDMPCObservationEncoder(nn.Module):
         if self.image_key is not None:
             image = observation[self.image_key]  # (..., C, H, W)
             lead = image.shape[:-3]
-            encoded = self.image_enc_layers(image.reshape(-1, *image.shape[-3:]))  # (N, latent)
+            flat = image.reshape(-1, *image.shape[-3:]).contiguous(memory_format=torch.channels_last)  # (N, C, H, W)
+            encoded = self.image_enc_layers(flat)  # (N, latent)
             features.append(encoded.reshape(*lead, -1))  # (..., latent)
         if self.has_env_state:
             features.append(self.env_state_enc_layers(observation[OBS_ENV_STATE]))
