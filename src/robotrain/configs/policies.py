@@ -97,6 +97,9 @@ class PolicyConfig(draccus.ChoiceRegistry):
     def image_features(self) -> dict[str, PolicyFeature]:
         return self.features_of(FeatureType.VISUAL)
 
+    def validate_features(self) -> None:
+        """Refuse input/output features this policy cannot use (ConfigError naming the feature and the fix)."""
+
     def validate(self) -> None:
         """Cross-field rules; subclasses extend it. Raises ConfigError naming the field."""
         if self.device is not None and not _DEVICE.match(self.device):

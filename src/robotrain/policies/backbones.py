@@ -13,6 +13,7 @@ classification head is left out (policies use the layer4 feature map).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -231,3 +232,24 @@ def _read_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ConfigError(FLAG, spec, "does not hold a state dict", "pass a .safetensors file or a torch state dict")
     return state
+
+
+# LeRobot builds its Diffusion and VQ-BeT backbones as nn.Sequential(*resnet.children()[:-2]): the children are
+# numbered there and named here (torchvision's names).
+LEROBOT_RESNET_CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+
+def rename_lerobot_backbone(state: dict[str, torch.Tensor], backbone: re.Pattern[str],
+                            dropped: re.Pattern[str]) -> dict[str, torch.Tensor]:
+    """A LeRobot state dict with the numbered ResNet children under `backbone` (a pattern whose group 1 is the
+    backbone's prefix and group 2 the child's number) named, and the tensors matching `dropped` (buffers
+    robotrain rebuilds from the config) left out."""
+    out = {}
+    for name, tensor in state.items():
+        if dropped.match(name):
+            continue
+        match = backbone.match(name)
+        if match and match.group(2) in LEROBOT_RESNET_CHILDREN:
+            name = f"{match.group(1)}.{LEROBOT_RESNET_CHILDREN[match.group(2)]}.{name[match.end():]}"
+        out[name] = tensor
+    return out

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from robotrain.configs.policies import PolicyConfig
+from robotrain.configs.types import PolicyFeature
 from robotrain.errors import ConfigError, UserError
 from robotrain.files import atomic_write, atomic_write_json
 from robotrain.policies.normalize import Normalizer
@@ -39,9 +40,15 @@ class Policy(nn.Module):
     config_class: ClassVar[type[PolicyConfig]]
     name: ClassVar[str]
 
-    def __init__(self, config: PolicyConfig):
+    def __init__(self, config: PolicyConfig, normalized: Mapping[str, PolicyFeature] | None = None):
+        """Check the config and its features, and hold the statistics of the `normalized` features (default: every
+        input and output feature) as buffers (`self.normalizer`)."""
         super().__init__()
         self.config = config
+        config.validate()
+        config.validate_features()
+        features = normalized if normalized is not None else {**config.input_features, **config.output_features}
+        self.normalizer = Normalizer(features, config.normalization_mapping)
 
     # The interface each policy implements.
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

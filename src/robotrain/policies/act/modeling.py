@@ -56,7 +56,6 @@ from robotrain.errors import UserError
 from robotrain.policies.act.configuration import ACTConfig
 from robotrain.policies.backbones import make_resnet
 from robotrain.policies.base import Policy
-from robotrain.policies.normalize import Normalizer
 
 
 class ACTPolicy(Policy):
@@ -67,10 +66,6 @@ class ACTPolicy(Policy):
 
     def __init__(self, config: ACTConfig):
         super().__init__(config)
-        config.validate()
-        config.validate_features()
-        self.normalizer = Normalizer({**config.input_features, **config.output_features},
-                                     config.normalization_mapping)
         self.model = ACT(config)
         self.image_keys = list(config.image_features)
         self.temporal_ensembler = (TemporalEnsembler(config.temporal_ensemble_coeff, config.chunk_size)

@@ -42,7 +42,6 @@ from robotrain.policies.base import Policy
 from robotrain.policies.diffusion.configuration import DiffusionConfig
 from robotrain.policies.diffusion.noise import NoiseScheduler
 from robotrain.policies.diffusion.unet import ConditionalUnet1d
-from robotrain.policies.normalize import Normalizer
 
 
 def random_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -275,13 +274,11 @@ class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
 
     def __init__(self, config: DiffusionConfig):
-        super().__init__(config)
-        config.validate()
-        config.validate_features()
-        self.image_keys = list(config.image_features)
-        self.obs_keys = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in config.input_features]
-        used = {k: config.input_features[k] for k in (*self.image_keys, *self.obs_keys)}
-        self.normalizer = Normalizer({**used, **config.output_features}, config.normalization_mapping)
+        image_keys = list(config.image_features)
+        obs_keys = [k for k in (OBS_STATE, OBS_ENV_STATE) if k in config.input_features]
+        used = {k: config.input_features[k] for k in (*image_keys, *obs_keys)}  # other state vectors: not inputs
+        super().__init__(config, normalized={**used, **config.output_features})
+        self.image_keys, self.obs_keys = image_keys, obs_keys
         self.diffusion = DiffusionModel(config)
         self.ema = EMA(self.diffusion, config.ema_power, config.ema_max_decay) if config.use_ema else None
         self._queues: dict[str, deque[Tensor]] = {}

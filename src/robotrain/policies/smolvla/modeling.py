@@ -47,7 +47,6 @@ from robotrain.configs.types import ACTION, OBS_STATE, TASK, pad_key
 from robotrain.devices import bf16_native
 from robotrain.errors import UserError
 from robotrain.policies.base import Policy
-from robotrain.policies.normalize import Normalizer
 from robotrain.policies.smolvla import aloha
 from robotrain.policies.smolvla.configuration import SmolVLAConfig
 from robotrain.policies.smolvla.expert import SmolVLMWithExpert, init_transformers_style
@@ -232,10 +231,6 @@ class SmolVLAPolicy(Policy):
 
     def __init__(self, config: SmolVLAConfig):
         super().__init__(config)
-        config.validate()
-        config.validate_features()
-        self.normalizer = Normalizer({**config.input_features, **config.output_features},
-                                     config.normalization_mapping)
         # A checkpoint (--policy.path, resume, from_pretrained) supplies every weight: the backbone's are not read.
         from_checkpoint = config.pretrained_path is not None
         load_weights = config.load_vlm_weights and not from_checkpoint

@@ -49,7 +49,6 @@ from torch import Tensor
 from robotrain.configs.types import ACTION, OBS_ENV_STATE, OBS_STATE, REWARD, pad_key
 from robotrain.errors import UserError
 from robotrain.policies.base import Policy
-from robotrain.policies.normalize import Normalizer
 from robotrain.policies.tdmpc.configuration import TDMPCConfig
 from robotrain.policies.tdmpc.planner import plan
 from robotrain.policies.tdmpc.told import TDMPCTOLD, random_shift, update_ema
@@ -63,10 +62,6 @@ class TDMPCPolicy(Policy):
 
     def __init__(self, config: TDMPCConfig):
         super().__init__(config)
-        config.validate()
-        config.validate_features()
-        self.normalizer = Normalizer({**config.input_features, **config.output_features},
-                                     config.normalization_mapping)
         self.model = TDMPCTOLD(config)
         self.model_target = copy.deepcopy(self.model)  # consistency and value targets; follows model by EMA
         self.model_target.requires_grad_(False)

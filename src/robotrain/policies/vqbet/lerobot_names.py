@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from robotrain.policies.diffusion.lerobot_names import _RESNET_CHILDREN  # the same ResNet children, by index
+from robotrain.policies.backbones import rename_lerobot_backbone
 
 _BACKBONE = re.compile(r"^(vqbet\.rgb_encoder\.backbone)\.(\d+)\.")
 _DROPPED = re.compile(r"^vqbet\.(rgb_encoder\.pool\.pos_grid|policy\.transformer\.h\.\d+\.attn\.bias)$")
@@ -21,12 +21,4 @@ _DROPPED = re.compile(r"^vqbet\.(rgb_encoder\.pool\.pos_grid|policy\.transformer
 
 def map_lerobot_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Backbone children by name instead of index; the saved grid and causal masks left out."""
-    out = {}
-    for name, tensor in state.items():
-        if _DROPPED.match(name):
-            continue
-        match = _BACKBONE.match(name)
-        if match and match.group(2) in _RESNET_CHILDREN:
-            name = f"{match.group(1)}.{_RESNET_CHILDREN[match.group(2)]}.{name[match.end():]}"
-        out[name] = tensor
-    return out
+    return rename_lerobot_backbone(state, _BACKBONE, _DROPPED)

@@ -44,7 +44,6 @@ from robotrain.configs.types import ACTION, OBS_IMAGES, OBS_STATE
 from robotrain.errors import UserError
 from robotrain.policies.base import Policy
 from robotrain.policies.diffusion.modeling import RgbEncoder
-from robotrain.policies.normalize import Normalizer
 from robotrain.policies.vqbet.configuration import TOKENS_PER_STEP, VQBeTConfig
 from robotrain.policies.vqbet.gpt import GPT
 from robotrain.policies.vqbet.head import VQBeTHead
@@ -117,12 +116,11 @@ class VQBeTPolicy(Policy):
     config_class = VQBeTConfig
 
     def __init__(self, config: VQBeTConfig):
-        super().__init__(config)
-        config.validate()
-        config.validate_features()
-        self.camera = next(iter(config.image_features))
-        used = {k: config.input_features[k] for k in (self.camera, OBS_STATE)}
-        self.normalizer = Normalizer({**used, **config.output_features}, config.normalization_mapping)
+        config.validate_features()  # before its camera is looked up
+        camera = next(iter(config.image_features))
+        used = {k: config.input_features[k] for k in (camera, OBS_STATE)}
+        super().__init__(config, normalized={**used, **config.output_features})
+        self.camera = camera
         self.vqbet = VQBeTModel(config)
         self._warned_untrained = False
         self._queues: dict[str, deque[Tensor]] = {}
