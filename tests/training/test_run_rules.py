@@ -141,3 +141,24 @@ def test_nan_is_refused_when_recorded_and_named_when_training(workdir, tmp_path)
     assert any("episode 1: column 'action' holds infinite values in 1 frame(s)" in p for p in problems), problems
     assert run_train(root, "act", "--steps=2", "--output_dir=run") == 2
     assert not (workdir / "run").exists()
+
+
+def test_a_truncated_video_met_by_a_loader_worker_is_one_line_and_the_run_ends(workdir, tmp_path):
+    """Decoding on the fly in 2 worker processes: the worker's error reaches the user as its own line (not the
+    worker traceback the DataLoader wraps around it), and the workers are stopped, so the command ends."""
+    import subprocess
+    import sys
+
+    from tests.training.test_train_e2e import TINY
+
+    root = record(tmp_path / "ds", [12, 9, 14])
+    video = next((root / "videos").rglob("*.mp4"))
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    command = [sys.executable, "-m", "robotrain", "train", *TINY["act"], "--dataset.repo_id=test/synthetic",
+               f"--dataset.root={root}", "--batch_size=4", "--num_workers=2", "--dataset.frame_cache=off",
+               "--steps=5", "--output_dir=run"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=workdir)
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Original" not in errors[0]
+    assert f"{video}: cannot open video" in errors[0] and "Fix: re-download or restore the dataset" in errors[0]
