@@ -74,7 +74,7 @@ def measure(ds: torch.utils.data.Dataset, workers: int, batches: int, batch_size
     """Samples/s through a shuffled DataLoader with robotrain's collate_fn, over `batches` batches and at least
     `min_seconds` (fast cached loaders finish 40 batches in milliseconds); `to_float` cameras arrive as uint8 and are
     made float in [0, 1] inside the timed loop, as `robotrain train` does after loading (there on the device)."""
-    from robotrain.datasets.loader import collate
+    from robotrain.datasets.collate import collate
 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          collate_fn=collate, generator=torch.Generator().manual_seed(0),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from robotrain.datasets import LeRobotDataset
-from robotrain.datasets.loader import default_num_workers, loader_options
+from robotrain.datasets.loader import batch_loader, default_num_workers, loader_options
 
 from .helpers import record
 
@@ -54,3 +55,29 @@ def test_batches_keep_the_frames_memory_layout_and_equal_default_collate(tmp_pat
                 image = mine["observation.image"]
                 assert image.shape == key_shape and not image.is_contiguous()
                 assert image.movedim(-3, -1).is_contiguous(), "pixels stay channel-last in memory"
+
+
+def test_whole_batches_equal_collated_samples(tmp_path):
+    """The trainer fetches a batch in one call (`get_batch`, gathered columns); it must give what collating the
+    samples one by one gives: past and future offsets padded at both episode edges, cameras, strings, tasks,
+    negative indices; in workers too."""
+    root = record(tmp_path / "ds", [3, 7, 5])
+    ds = LeRobotDataset("test/synthetic", root=root, return_uint8=True, delta_timestamps={
+        "observation.image": [-0.1, 0.0], "observation.state": [-0.2, -0.1, 0.0], "action": [0.0, 0.1, 0.2, 0.3]})
+    order = [int(i) for i in torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))] + [-1, -15]
+    for workers in (0, 2):
+        whole = list(batch_loader(ds, order, 4, num_workers=workers))
+        one_by_one = list(torch.utils.data.DataLoader(ds, batch_size=4, sampler=order, **loader_options(ds, 0)))
+        assert [len(b["index"]) for b in whole] == [4, 4, 4, 4, 1]
+        for mine, theirs in zip(whole, one_by_one, strict=True):
+            assert mine.keys() == theirs.keys()
+            for key, value in mine.items():
+                if isinstance(value, torch.Tensor):
+                    assert value.dtype == theirs[key].dtype and torch.equal(value, theirs[key]), key
+                else:
+                    assert value == theirs[key], key
+    padded = ds.get_batch([0, 2])  # first and last frame of episode 0
+    assert padded["observation.state_is_pad"].tolist() == [[True, True, False], [False, False, False]]
+    assert padded["action_is_pad"].tolist() == [[False, False, False, True], [False, True, True, True]]
+    with pytest.raises(IndexError, match="frame 15 is out of range"):
+        ds.get_batch([0, 15])

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import torch
 
 from robotrain.configs.default import VIDEO_BACKENDS
+from robotrain.datasets.collate import collate
 from robotrain.datasets.format import DEFAULT_TOLERANCE_S, DatasetError, read_parquet
 from robotrain.datasets.frames import check_frame_size, make_frame_source, resize_frames
 from robotrain.datasets.metadata import LeRobotDatasetMetadata
@@ -210,15 +211,47 @@ class LeRobotDataset(torch.utils.data.Dataset):
             else:
                 item[key] = column[row]
         for key in self.meta.camera_keys:
-            if key in deltas:
-                rows, pad = self.query_rows(row, deltas[key])
-                item[key], item[f"{key}_is_pad"] = self._camera(key, rows.tolist()), pad
-            else:
-                item[key] = self._camera(key, [row])[0]
+            item.update(self._camera_item(key, row))
         for key, values in self.strings.items():
             item[key] = values[row]
         item["task"] = self.meta.tasks[int(self.columns["task_index"][row])]
         return item
+
+    def get_batch(self, indices: list[int]) -> dict[str, Any]:
+        """Samples `indices` as one batch, equal to collating `[ds[i] for i in indices]`: the number columns are
+        gathered with one index per key instead of one Python call per sample, which cost ~0.6 ms a sample and,
+        on keypoint datasets, as long as a small policy's training step (robotrain's trainer loads this way)."""
+        n = len(self)
+        if any(not -n <= i < n for i in indices):
+            bad = next(i for i in indices if not -n <= i < n)
+            raise IndexError(f"frame {bad} is out of range for a dataset of {n} frames")
+        rows = torch.as_tensor(indices, dtype=torch.long) % n
+        batch: dict[str, Any] = {}
+        deltas = self._delta_offsets
+        start, end = self.episode_start[rows][:, None], self.episode_end[rows][:, None]
+        for key, column in self.columns.items():
+            if key in deltas:
+                wanted = rows[:, None] + deltas[key][None, :]
+                batch[key] = column[torch.minimum(torch.maximum(wanted, start), end - 1)]
+                batch[f"{key}_is_pad"] = (wanted < start) | (wanted >= end)
+            else:
+                batch[key] = column[rows]
+        row_list = rows.tolist()
+        if self.meta.camera_keys:  # sample by sample, as __getitem__: per-frame transforms draw in the same order
+            batch.update(collate([{name: value for key in self.meta.camera_keys
+                                   for name, value in self._camera_item(key, row).items()} for row in row_list]))
+        for key, values in self.strings.items():
+            batch[key] = [values[row] for row in row_list]
+        task_index = self.columns["task_index"][rows].tolist()
+        batch["task"] = [self.meta.tasks[int(t)] for t in task_index]
+        return batch
+
+    def _camera_item(self, key: str, row: int) -> dict[str, torch.Tensor]:
+        """Camera `key`'s entries of sample `row` (its frames, and their padding mask when it has offsets)."""
+        if key in self._delta_offsets:
+            rows, pad = self.query_rows(row, self._delta_offsets[key])
+            return {key: self._camera(key, rows.tolist()), f"{key}_is_pad": pad}
+        return {key: self._camera(key, [row])[0]}
 
     def _camera(self, key: str, rows: list[int]) -> torch.Tensor:
         """Frames of camera `key` at `rows`: (T, C, H, W), float in [0, 1] unless return_uint8."""

@@ -34,15 +34,14 @@ class OfflineEvaluator:
 
     def __init__(self, dataset: Any, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = 1000,
                  max_samples: int | None = None):
-        from robotrain.datasets.loader import loader_options
+        from robotrain.datasets.loader import batch_loader
 
         self.dataset, self.seed = dataset, seed if seed is not None else 0
         indices = np.arange(len(dataset))
         if max_samples is not None and max_samples < len(indices):
             indices = np.sort(np.random.default_rng(self.seed).choice(indices, max_samples, replace=False))
-        options = loader_options(dataset, 0, pin_memory=False)  # in process: evaluation is short and infrequent
-        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=indices.tolist(),
-                                                  **options)
+        # In process (0 workers): evaluation is short and infrequent.
+        self.loader = batch_loader(dataset, indices.tolist(), batch_size, num_workers=0)
         self.n_samples = len(indices)
         names = dataset.meta.names.get(ACTION)
         dims = dataset.meta.shapes[ACTION][0]
