@@ -97,6 +97,23 @@ def test_bf16_autocast_trains_keeps_fp32_weights_and_resumes_exactly(workdir, da
     assert differs, "bf16 autocast changed nothing: it was not applied"
 
 
+def test_a_cpu_where_bf16_is_slower_says_so_in_the_banner(monkeypatch):
+    """AVX512-BF16 does not make bf16 fast everywhere (2.1x slower than fp32 on an Intel Xeon without AMX):
+    the run measures it once and warns with the ratio and the fix."""
+    from robotrain import devices
+
+    bf16 = devices.Precision("cpu", torch.bfloat16)
+    monkeypatch.setattr(devices, "bf16_matmul_speedup", lambda: 0.47)
+    warning = devices.slow_bf16_warning(bf16)
+    assert "bf16 matrix products run at 0.47x the speed of fp32" in warning
+    assert "Fix: drop --policy.use_amp" in warning
+    monkeypatch.setattr(devices, "bf16_matmul_speedup", lambda: 2.4)
+    assert devices.slow_bf16_warning(bf16) is None
+    assert devices.slow_bf16_warning(devices.Precision("cpu")) is None  # fp32: nothing measured, nothing said
+    monkeypatch.undo()
+    assert devices.bf16_matmul_speedup(size=64, repeats=1) > 0
+
+
 def test_use_amp_on_a_cpu_without_bf16_is_refused(workdir, dataset, monkeypatch, capsys):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -27,7 +27,7 @@ import torch
 from robotrain.configs.run import RunPlan, step_id
 from robotrain.configs.train import TrainConfig, config_to_dict, save_config
 from robotrain.datasets.transforms import BatchAugmenter, make_augmenter
-from robotrain.devices import Precision, choose_precision, resolve_device
+from robotrain.devices import Precision, choose_precision, resolve_device, slow_bf16_warning
 from robotrain.errors import UserError
 from robotrain.memory import reuse_freed_memory
 from robotrain.signals import StopRequest, shield_helper
@@ -112,6 +112,8 @@ def _train(cfg: TrainConfig, topology: Topology, device: torch.device) -> TrainR
     reuse_freed_memory()  # every step reallocates the same large buffers: keep their pages mapped
     set_seed(cfg.seed, topology.rank)
     precision = choose_precision(device, cfg.policy.use_amp)
+    if (warning := slow_bf16_warning(precision)) and topology.is_main:
+        logger.warning(warning)
 
     dataset, validation = make_datasets(cfg)
     policy = make_policy(cfg.policy, ds_meta=dataset.meta, dataset_stats=dataset_stats(cfg, dataset),
