@@ -222,9 +222,9 @@ class LeRobotDataset(torch.utils.data.Dataset):
         gathered with one index per key instead of one Python call per sample, which cost ~0.6 ms a sample and,
         on keypoint datasets, as long as a small policy's training step (robotrain's trainer loads this way)."""
         n = len(self)
-        if any(not -n <= i < n for i in indices):
-            bad = next(i for i in indices if not -n <= i < n)
-            raise IndexError(f"frame {bad} is out of range for a dataset of {n} frames")
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise IndexError(f"frame {bad[0]} is out of range for a dataset of {n} frames")
         rows = torch.as_tensor(indices, dtype=torch.long) % n
         batch: dict[str, Any] = {}
         deltas = self._delta_offsets

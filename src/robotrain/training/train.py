@@ -291,15 +291,12 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
 
 def make_loader(cfg: TrainConfig, dataset: Any, sampler: torch.utils.data.Sampler[int],
                 device: torch.device) -> torch.utils.data.DataLoader:
-    from robotrain.datasets.loader import batch_loader, loader_options
+    from robotrain.datasets.loader import batch_loader
 
-    options = {}
-    if loader_options(dataset, cfg.num_workers)["num_workers"] > 0:
-        # A group SIGTERM is for the trainer: it saves, then stops its workers.
-        options["worker_init_fn"] = functools.partial(shield_worker, os.getpid())
-    # A private generator: creating the loader's iterator must not draw from the global RNG (exact resume).
+    # Workers (if any) ignore a group SIGTERM: it is for the trainer, which saves, then stops them. A private
+    # generator: creating the loader's iterator must not draw from the global RNG (exact resume).
     return batch_loader(dataset, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator(), **options)
+                        generator=torch.Generator(), worker_init_fn=functools.partial(shield_worker, os.getpid()))
 
 
 def shield_worker(owner_pid: int, _worker_id: int) -> None:
