@@ -41,6 +41,7 @@ def test_user_error_is_one_line_with_exit_code_2(workdir):
     assert list(workdir.iterdir()) == []
 
 
+@pytest.mark.slow  # several real CLI processes or trainings: over 6 s
 def test_eval_and_other_commands(workdir):
     (workdir / "ckpt").mkdir()
     (workdir / "ckpt" / "config.json").write_text('{"type": "act"}')

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import record
 from .v21 import write_v21_dataset
 
@@ -16,6 +18,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([ROBOTRAIN, "dataset", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow  # several real CLI processes or trainings: over 6 s
 def test_info_validate_visualize(tmp_path):
     root = record(tmp_path / "ds", [6, 4])
     info = run("info", "--repo_id=test/synthetic", f"--root={root}", cwd=tmp_path)
@@ -40,6 +43,7 @@ def test_convert_then_load(tmp_path):
     assert valid.returncode == 0, valid.stdout
 
 
+@pytest.mark.slow  # several real CLI processes or trainings: over 6 s
 def test_user_errors(tmp_path):
     wrong = run("info", "--repo_id=test/x", f"--root={tmp_path}", "--episode=3", cwd=tmp_path)
     assert wrong.returncode == 2 and "--episode=3: is not an option" in wrong.stderr

@@ -115,6 +115,7 @@ def run_cache(*flags: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow  # several real CLI processes or trainings: over 6 s
 def test_cli_lists_and_clears_caches(tmp_path, cache_dir):
     first = cache_directory(record(tmp_path / "a", [4]), "test/a")
     stale_root = record(tmp_path / "b", [3, 2])

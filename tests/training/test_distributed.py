@@ -79,6 +79,7 @@ def test_accumulation_resumes_exactly(workdir, dataset):
     assert_same_weights(weights(workdir / "part"), weights(workdir / "full"))
 
 
+@pytest.mark.slow  # several real CLI processes or trainings: over 6 s
 def test_bf16_autocast_trains_keeps_fp32_weights_and_resumes_exactly(workdir, dataset, capsys):
     from robotrain.devices import bf16_native
 
