@@ -24,7 +24,7 @@ REPO_ID = "local/pusht_scripted_demo"
 ENV_FLAGS = ["--env.type=pusht", "--env.obs_type=environment_state_agent_pos"]
 # A small ACT without the VAE: 670k parameters, about 3k samples/s at batch 256 on 2 CPU cores. Chosen by
 # measurement (docs/benchmarks.md, "A demo that learns in 10 minutes"): against the earlier 1.1M ACT with the VAE
-# at batch 64, it pushes the T about 4x as far in the same time.
+# at batch 64, it pushes the T about 3x as far in the same time.
 POLICY_FLAGS = ["--policy.type=act", "--policy.dim_model=128", "--policy.n_heads=4", "--policy.dim_feedforward=512",
                 "--policy.n_encoder_layers=2", "--policy.use_vae=false", "--policy.chunk_size=16",
                 "--policy.n_action_steps=8", "--policy.optimizer_lr=5e-4", "--policy.pretrained_backbone_weights=null",
