@@ -192,11 +192,13 @@ class LeRobotDataset(torch.utils.data.Dataset):
         starts = np.unique(self.episode_start.numpy())
         return starts, self.episode_end.numpy()[starts]
 
-    def query_rows(self, row: int, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows at `offsets` from `row`, clamped to its episode (edge frames repeat), and the padding mask."""
-        start, end = int(self.episode_start[row]), int(self.episode_end[row])
-        wanted = row + offsets
-        return wanted.clamp(start, end - 1), (wanted < start) | (wanted >= end)
+    def query_rows(self, rows: int | torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows at `offsets` from each of `rows` (an int, or a (B,) tensor for a batch), clamped to that row's
+        episode (edge frames repeat), and the padding mask: each (T,), or (B, T)."""
+        rows = torch.as_tensor(rows)
+        start, end = self.episode_start[rows].unsqueeze(-1), self.episode_end[rows].unsqueeze(-1)
+        wanted = rows.unsqueeze(-1) + offsets
+        return torch.minimum(torch.maximum(wanted, start), end - 1), (wanted < start) | (wanted >= end)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         if not -len(self) <= idx < len(self):
@@ -228,12 +230,10 @@ class LeRobotDataset(torch.utils.data.Dataset):
         rows = torch.as_tensor(indices, dtype=torch.long) % n
         batch: dict[str, Any] = {}
         deltas = self._delta_offsets
-        start, end = self.episode_start[rows][:, None], self.episode_end[rows][:, None]
         for key, column in self.columns.items():
             if key in deltas:
-                wanted = rows[:, None] + deltas[key][None, :]
-                batch[key] = column[torch.minimum(torch.maximum(wanted, start), end - 1)]
-                batch[f"{key}_is_pad"] = (wanted < start) | (wanted >= end)
+                at, batch[f"{key}_is_pad"] = self.query_rows(rows, deltas[key])
+                batch[key] = column[at]
             else:
                 batch[key] = column[rows]
         row_list = rows.tolist()
