@@ -15,13 +15,18 @@ steadier measure on a machine shared with other jobs. A step is forward + backwa
 gets its batch already through its preprocessor (tokenized, normalized), which its training loop runs outside the
 step; robotrain tokenizes (cached) and normalizes inside. Memory: the peak resident set during the timed steps (VmHWM
 after resetting it), model and optimizer state included.
+Frames: `new` gives every step camera frames never seen before (the first epoch; robotrain's image cache misses
+and encodes each frame alone), `seen` repeats one batch (later epochs: with the VLM frozen, robotrain takes the
+image tokens from its cache, --policy.image_cache_gb). LeRobot encodes every frame every time in both.
 
-Usage: python bench/smolvla_step.py [--configs tiny,real,real-bf16 --batch 1 --warmup 1 --steps 3 --threads 2]
+Usage: python bench/smolvla_step.py [--configs tiny,real,real-bf16 --frames new,seen --batch 1 --warmup 1 --steps 3
+                                     --threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -110,7 +115,7 @@ def build_lerobot(backbone: str, load_vlm_weights: bool, batch: int):
     return policy, optimizer, preprocessor(make_batch(batch, config.chunk_size))
 
 
-def serve(side: str, backbone: str, load_vlm_weights: bool, batch: int, threads: int) -> None:
+def serve(side: str, backbone: str, load_vlm_weights: bool, batch: int, threads: int, new_frames: bool) -> None:
     """Build one side, then answer `train N` (wall seconds per step) and `memory` (peak RSS in MiB) on stdin."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -120,11 +125,14 @@ def serve(side: str, backbone: str, load_vlm_weights: bool, batch: int, threads:
     sys.stdout = protocol
     policy.train()
     print(json.dumps({"params": sum(p.numel() for p in policy.parameters())}), flush=True)
+    frames = torch.Generator().manual_seed(1)
     for line in sys.stdin:
         command, *arg = line.split()
         if command == "train":
             times = []
             for _ in range(int(arg[0])):
+                if new_frames:  # drawn outside the timed part
+                    data["observation.image"] = torch.rand(data["observation.image"].shape, generator=frames)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 loss, _ = policy.forward(data)
                 loss.backward()
@@ -143,9 +151,10 @@ def serve(side: str, backbone: str, load_vlm_weights: bool, batch: int, threads:
 
 
 class Side:
-    def __init__(self, python: str, side: str, backbone: Path, config: str, args: argparse.Namespace):
+    def __init__(self, python: str, side: str, backbone: Path, config: str, frames: str, args: argparse.Namespace):
         command = [python, __file__, "--serve", side, "--backbone", str(backbone), "--batch", str(args.batch),
-                   "--threads", str(args.threads)] + (["--load-vlm-weights"] if config == "real-bf16" else [])
+                   "--threads", str(args.threads), "--frames", frames]
+        command += ["--load-vlm-weights"] if config == "real-bf16" else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_VERBOSITY": "error"}
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -167,11 +176,12 @@ class Side:
         self.proc.wait()
 
 
-def bench(config: str, args: argparse.Namespace, root: Path) -> dict:
+def bench(config: str, frames: str, args: argparse.Namespace, root: Path) -> dict:
     backbone = root / config
-    write_backbone(backbone, config)
-    ours = Side(sys.executable, "robotrain", backbone, config, args)
-    theirs = Side(str(PEER_PYTHON), "lerobot", backbone, config, args)
+    if not backbone.exists():
+        write_backbone(backbone, config)
+    ours = Side(sys.executable, "robotrain", backbone, config, frames, args)
+    theirs = Side(str(PEER_PYTHON), "lerobot", backbone, config, frames, args)
     try:
         for side in (ours, theirs):
             side.ask(f"train {args.warmup}")
@@ -194,6 +204,7 @@ def bench(config: str, args: argparse.Namespace, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="tiny,real,real-bf16")
+    parser.add_argument("--frames", default="new,seen")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
@@ -203,19 +214,19 @@ def main() -> None:
     parser.add_argument("--load-vlm-weights", action="store_true")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.backbone, args.load_vlm_weights, args.batch, args.threads)
+        serve(args.serve, args.backbone, args.load_vlm_weights, args.batch, args.threads, args.frames == "new")
         return
     if not PEER_PYTHON.exists():
         sys.exit(f"the LeRobot peer venv is absent ({PEER_PYTHON})")
     print(f"batch {args.batch}, {args.threads} threads, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'config':<10} {'params (both)':>14} {'step robotrain':>15} {'step LeRobot':>13} {'ratio':>6} "
-          f"{'CPU robotrain':>14} {'CPU LeRobot':>12} {'ratio':>6} {'peak MiB robotrain':>19} {'peak MiB LeRobot':>17} "
-          f"{'ratio':>6}")
+    print(f"{'config':<10} {'frames':<6} {'params (both)':>14} {'step robotrain':>15} {'step LeRobot':>13} "
+          f"{'ratio':>6} {'CPU robotrain':>14} {'CPU LeRobot':>12} {'ratio':>6} {'peak MiB robotrain':>19} "
+          f"{'peak MiB LeRobot':>17} {'ratio':>6}")
     with tempfile.TemporaryDirectory(prefix="smolvla_bench_") as root:
-        for config in args.configs.split(","):
-            r = bench(config, args, Path(root))
+        for config, frames in itertools.product(args.configs.split(","), args.frames.split(",")):
+            r = bench(config, frames, args, Path(root))
             params = f"{r['params'][0]:,}" if r["params"][0] == r["params"][1] else f"{r['params']}"
-            print(f"{config:<10} {params:>14} {r['step_ms'][0]:>12.0f} ms {r['step_ms'][1]:>10.0f} ms "
+            print(f"{config:<10} {frames:<6} {params:>14} {r['step_ms'][0]:>12.0f} ms {r['step_ms'][1]:>10.0f} ms "
                   f"{r['ratio']:>5.2f}x {r['cpu_ms'][0]:>11.0f} ms {r['cpu_ms'][1]:>9.0f} ms {r['cpu_ratio']:>5.2f}x "
                   f"{r['peak_mib'][0]:>19.0f} {r['peak_mib'][1]:>17.0f} {r['memory_ratio']:>5.2f}x", flush=True)
 

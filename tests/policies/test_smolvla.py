@@ -134,6 +134,96 @@ def test_save_load_gives_identical_actions(backbone, tmp_path):
         assert torch.equal(action, expected[:, step % 3])
 
 
+# ---- the image cache (image_cache.py) ---------------------------------------------------------------------
+def seeded_loss(policy: SmolVLAPolicy, batch: dict, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return policy.forward(batch)[0]
+
+
+def test_image_cache_remembers_each_frame_and_changes_no_number(backbone):
+    policy = make_policy_from(make_config(backbone)).train()
+    cache, batch = policy.model.image_cache, batch_for(policy.config)
+    first = seeded_loss(policy, batch, 1)
+    assert (cache.misses, cache.hits, len(cache.entries)) == (2, 0, 2)
+    again = seeded_loss(policy, batch, 1)
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert torch.equal(first, again)
+    # Each entry is the encoder's output on that image alone, bit for bit.
+    pixels = resize_with_pad(batch[CAMERA][:, -1], 32, 32) * 2 - 1
+    alone = policy.model.vlm_with_expert.embed_images(pixels[1:2])[0]
+    assert torch.equal(cache.encode(pixels[1:2], encoder=None)[0], alone)
+    # Without the cache (images encoded as one batch), the same loss within float rounding.
+    uncached = make_policy_from(make_config(backbone, image_cache_gb=0)).train()
+    torch.testing.assert_close(seeded_loss(uncached, batch, 1), first, rtol=1e-6, atol=1e-7)
+    assert not uncached.model.image_cache.entries
+
+
+def test_a_resumed_run_starts_with_an_empty_cache_and_stays_bit_exact(backbone, tmp_path):
+    batches = [batch_for(make_config(backbone), seed=s) for s in (0, 1)]
+
+    def train(policy: SmolVLAPolicy, optimizer, steps: range) -> None:
+        policy.train()
+        for step in steps:  # two batches, alternating: from step 2 on, every frame is a hit
+            seeded_loss(policy, batches[step % 2], step).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    straight = make_policy_from(make_config(backbone))
+    optimizer = straight.config.get_optimizer_preset().build(straight.get_optim_params())
+    train(straight, optimizer, range(5))
+    assert straight.model.image_cache.hits == 6
+
+    first = make_policy_from(make_config(backbone))
+    optimizer = first.config.get_optimizer_preset().build(first.get_optim_params())
+    train(first, optimizer, range(3))
+    first.save_pretrained(tmp_path)
+    resumed = Policy.from_pretrained(tmp_path)
+    resumed_optimizer = resumed.config.get_optimizer_preset().build(resumed.get_optim_params())
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    train(resumed, resumed_optimizer, range(3, 5))
+    assert resumed.model.image_cache.hits == 0  # steps 3 and 4 encoded their frames again
+    torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
+
+
+def test_image_cache_fills_then_stops_and_switches_off_when_nothing_repeats(backbone):
+    policy = make_policy_from(make_config(backbone)).train()
+    cache = policy.model.image_cache
+    seeded_loss(policy, batch_for(policy.config, seed=0), 0)
+    entry = cache.used_bytes // 2
+    cache.clear()
+    cache.budget_bytes = 3 * entry
+    for seed in (0, 0, 1, 2):  # the first batch twice (hits), then new frames beyond the budget
+        seeded_loss(policy, batch_for(policy.config, seed=seed), seed)
+    assert cache.full and cache.enabled and len(cache.entries) == 3 and cache.hits == 2
+
+    fresh = make_policy_from(make_config(backbone)).train()
+    cache = fresh.model.image_cache
+    cache.budget_bytes = 3 * entry
+    for seed in range(3):  # every frame new, as under augmentation
+        seeded_loss(fresh, batch_for(fresh.config, seed=seed), seed)
+    assert not cache.enabled and not cache.entries and cache.used_bytes == 0
+    assert cache.misses == 4  # off at the 4th frame, which did not fit: the last batch was not looked up
+    seeded_loss(fresh, batch_for(fresh.config, seed=0), 0)
+    assert cache.misses == 4 and not cache.entries
+
+
+def test_image_cache_is_for_frozen_training_only(backbone):
+    policy = make_policy_from(make_config(backbone))
+    batch = batch_for(policy.config)
+    policy.eval().predict_action_chunk(observation(batch, policy.config))
+    assert policy.model.image_cache.misses == 0  # acting: every frame is new
+    vlm_trains = make_policy_from(make_config(backbone, train_expert_only=False)).train()
+    seeded_loss(vlm_trains, batch, 0)
+    assert vlm_trains.model.image_cache.misses == 0  # the connector learns: its outputs change every step
+    policy.train()
+    seeded_loss(policy, batch, 0)
+    assert policy.model.image_cache.entries
+    policy.load_state_dict(policy.state_dict())  # new weights: the remembered tokens no longer hold
+    assert not policy.model.image_cache.entries and policy.model.image_cache.used_bytes == 0
+    with pytest.raises(ConfigError, match=r"image_cache_gb=-1.*Fix: e.g. --policy.image_cache_gb=2"):
+        make_config(backbone, image_cache_gb=-1).validate()
+
+
 def test_flow_matching_loss_matches_a_hand_computation(backbone):
     policy = make_policy_from(make_config(backbone))
     config, batch = policy.config, batch_for(policy.config)

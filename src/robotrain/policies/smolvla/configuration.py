@@ -53,6 +53,9 @@ class SmolVLAConfig(PolicyConfig):
     """Train the action expert only (the VLM stays frozen)."""
     train_state_proj: bool = True
     """Train the state projection."""
+    image_cache_gb: float = 2.0
+    """CPU memory (GB) for the frozen VLM's image tokens of each distinct frame seen in training, so later epochs
+    skip the vision encoder (image_cache.py); 0 turns it off. Used only while the VLM is frozen (train_expert_only)."""
     optimizer_lr: float = 1e-4
     """Preset learning rate (the schedule's peak)."""
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
@@ -117,6 +120,9 @@ class SmolVLAConfig(PolicyConfig):
                        max_state_dim=self.max_state_dim, max_action_dim=self.max_action_dim,
                        tokenizer_max_length=self.tokenizer_max_length,
                        expert_width_multiplier=self.expert_width_multiplier, min_period=self.min_period)
+        if self.image_cache_gb < 0:
+            raise ConfigError("image_cache_gb", self.image_cache_gb, "must be 0 (off) or more",
+                              "e.g. --policy.image_cache_gb=2")
         check_at_most("n_action_steps", self.n_action_steps, "chunk_size", self.chunk_size)
         check_choice("attention_mode", self.attention_mode, ("cross_attn", "self_attn"))
         check_choice("pad_language_to", self.pad_language_to, ("longest", "max_length"))

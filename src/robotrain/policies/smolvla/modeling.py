@@ -29,12 +29,15 @@ Deviations from LeRobot 0.4.4:
 - Images of empty cameras (empty_cameras) are masked tokens that nothing attends to and that take no position, so
   they are not computed (LeRobot runs the vision tower on them); the same holds for prefix_length padding.
 - Cameras of one size go through the vision tower as one batch; task texts are tokenized once each (tokens.py).
+- In training with a frozen VLM, each distinct frame's image tokens are computed once and remembered
+  (image_cache.py, --policy.image_cache_gb): later epochs skip the vision tower.
 - use_cache=false recomputes the prefix at every denoising step (the same result; LeRobot 0.4.4 fails there).
 - See expert.py for how the layers run (cached prefix, no autograd graph for the frozen VLM's part).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from typing import Any
@@ -50,6 +53,7 @@ from robotrain.policies.base import Policy
 from robotrain.policies.smolvla import aloha
 from robotrain.policies.smolvla.configuration import SmolVLAConfig
 from robotrain.policies.smolvla.expert import SmolVLMWithExpert, init_transformers_style
+from robotrain.policies.smolvla.image_cache import ImageFeatureCache
 from robotrain.policies.smolvla.tokens import TaskTokenizer
 from robotrain.policies.smolvla.vlm import Backbone, load_backbone
 
@@ -120,6 +124,9 @@ class VLAFlowMatching(nn.Module):
         if not from_checkpoint:  # (a checkpoint's weights replace them all)
             torch.set_rng_state(seed_state)  # random weights that depend on the seed, not on transformers' version
             self._init_random_weights(init_vlm=not load_weights)
+        self.image_cache = ImageFeatureCache(int(config.image_cache_gb * 1e9))
+        # Loaded weights may change the frozen encoder: its remembered outputs no longer hold.
+        self.register_load_state_dict_pre_hook(lambda *_: self.image_cache.clear())
         fake = special_token_id(backbone.tokenizer, "fake_image_token", "<fake_token_around_image>")
         glob = special_token_id(backbone.tokenizer, "global_image_token", "<global-img>")
         self.image_start_ids, self.image_end_ids = [fake, glob], [fake]
@@ -148,10 +155,13 @@ class VLAFlowMatching(nn.Module):
         """Image and language tokens: (B, Tc, D) embeddings (the VLM's dtype) and their (B, Tc) padding mask."""
         vlm = self.vlm_with_expert
         batch = lang_ids.shape[0]
+        embed_images = vlm.embed_images
+        if self.training and self.image_cache.enabled and not vlm.context_needs_grad:
+            embed_images = functools.partial(self.image_cache.encode, encoder=vlm.embed_images)
         if len({tuple(img.shape) for img in images}) == 1:
-            features = vlm.embed_images(torch.cat(images)).split(batch)  # one pass: (cameras * B, N, D) -> per camera
+            features = embed_images(torch.cat(images)).split(batch)  # one pass: (cameras * B, N, D) -> per camera
         else:
-            features = [vlm.embed_images(img) for img in images]
+            features = [embed_images(img) for img in images]
         parts, pads = [], []
         for camera in range(len(images) + empty_cameras):
             if self.config.add_image_special_tokens:  # not scaled, as LeRobot
