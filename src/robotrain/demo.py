@@ -40,7 +40,7 @@ class DemoConfig:
     """Where the training run and the evaluation go; default outputs/demo/<date>/<time>."""
     num_episodes: int = 200
     """Scripted PushT demonstrations to record (recorded once, then reused)."""
-    steps: int = 4500
+    steps: int = 4000
     """Training steps (batch 256)."""
     eval_episodes: int = 50
     """Evaluation episodes in simulation (seeds the demonstrations did not use)."""

@@ -207,6 +207,26 @@ def test_image_cache_fills_then_stops_and_switches_off_when_nothing_repeats(back
     assert cache.misses == 4 and not cache.entries
 
 
+def test_a_full_disk_switches_the_image_cache_off_and_changes_nothing(backbone, monkeypatch, caplog):
+    import errno
+    import tempfile
+
+    batch = batch_for(make_config(backbone))
+    expected = seeded_loss(make_policy_from(make_config(backbone)).train(), batch, 1)
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_room)
+    policy = make_policy_from(make_config(backbone)).train()
+    with caplog.at_level("WARNING"):
+        loss = seeded_loss(policy, batch, 1)
+    assert torch.equal(loss, expected)
+    cache = policy.model.image_cache
+    assert not cache.enabled and not cache.entries
+    assert caplog.text.count("cannot write its temporary file") == 1 and "Fix: point TMPDIR" in caplog.text
+
+
 def test_image_cache_is_for_frozen_training_only(backbone):
     policy = make_policy_from(make_config(backbone))
     batch = batch_for(policy.config)

@@ -53,9 +53,10 @@ class SmolVLAConfig(PolicyConfig):
     """Train the action expert only (the VLM stays frozen)."""
     train_state_proj: bool = True
     """Train the state projection."""
-    image_cache_gb: float = 2.0
-    """CPU memory (GB) for the frozen VLM's image tokens of each distinct frame seen in training, so later epochs
-    skip the vision encoder (image_cache.py); 0 turns it off. Used only while the VLM is frozen (train_expert_only)."""
+    image_cache_gb: float = 4.0
+    """Disk (GB, in a temporary file under $TMPDIR) for the frozen VLM's image tokens of each distinct frame seen in
+    training, so later epochs skip the vision encoder (image_cache.py); 0 turns it off. Used only while the VLM is
+    frozen (train_expert_only)."""
     optimizer_lr: float = 1e-4
     """Preset learning rate (the schedule's peak)."""
     optimizer_betas: tuple[float, float] = (0.9, 0.95)

@@ -2,23 +2,29 @@
 
 When the VLM is frozen (train_expert_only, the default), a camera frame's image tokens (vision tower + connector)
 are a fixed function of its pixels, and the tower is most of a training step at real sizes. A dataset shows every
-frame once per epoch, so from the second epoch on the tokens can come from memory instead.
+frame once per epoch, so from the second epoch on the tokens can be read back instead of computed.
 
 - The key is a hash of the tower's input (the resized, scaled pixels, their dtype and shape), so a frame changed
   in any way (augmentation, another normalization) is simply a miss: nothing depends on dataset indices.
 - A missed image is encoded on its own (a batch of one): its tokens never depend on which other images shared its
   batch. So a run gives the same numbers whether a frame's tokens were computed now or an epoch ago, and a resumed
   run, which starts with an empty cache, continues bit-exactly.
-- Entries live in CPU memory up to a budget. When it is full, later frames are encoded every time; when it fills
-  without a single hit (every image is new: augmentation, or a dataset larger than one pass of training), it is
-  emptied and switched off.
+- The tokens go to an unnamed temporary file (in $TMPDIR; the system deletes it when the process ends, even on a
+  crash), not to the process's memory, so training uses no more memory with the cache than without; the operating
+  system keeps recently read parts in its page cache. Up to a budget: when it is full, later frames are encoded
+  every time; when it fills without a single hit (every image is new: augmentation, or a dataset larger than one
+  pass of training), it is emptied and switched off. A failed write (disk full) switches it off too, with a warning:
+  the numbers are the same either way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
 
 import torch
 from torch import Tensor
@@ -34,47 +40,87 @@ def pixel_key(image: Tensor) -> bytes:
     return digest.digest()
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one frame's tokens are in the file."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return torch.Size(self.shape).numel() * torch.empty(0, dtype=self.dtype).element_size()
+
+
 class ImageFeatureCache:
-    """Image tokens by pixel hash, within `budget_bytes` of CPU memory (0: off)."""
+    """Image tokens by pixel hash, in a temporary file of at most `budget_bytes` (0: off)."""
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
         self.enabled = budget_bytes > 0
         self.full = False
-        self.entries: dict[bytes, Tensor] = {}
+        self.entries: dict[bytes, Slot] = {}
         self.used_bytes = 0
         self.hits = self.misses = 0
+        self._file: IO[bytes] | None = None
 
     def encode(self, pixels: Tensor, encoder: Callable[[Tensor], Tensor]) -> Tensor:
-        """(N, 3, H, W) pixels -> (N, tokens, D) features: remembered ones, and `encoder` on each new image alone."""
+        """(N, 3, H, W) pixels -> (N, tokens, D) features: stored ones, and `encoder` on each new image alone."""
         rows = []
         for image in pixels:
             key = pixel_key(image)
-            features = self.entries.get(key)
-            if features is None:
+            slot = self.entries.get(key)
+            if slot is None:
                 self.misses += 1
                 features = encoder(image[None])[0]
                 self._admit(key, features)
             else:
                 self.hits += 1
-                features = features.to(pixels.device, non_blocking=True)
+                features = self._read(slot).to(pixels.device)
             rows.append(features)
         return torch.stack(rows)
 
     def clear(self) -> None:
-        """Forget every entry (the encoder's weights changed)."""
+        """Forget every entry (the encoder's weights changed); the file goes with them."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self.entries.clear()
         self.used_bytes = 0
         self.full = False
 
+    def _read(self, slot: Slot) -> Tensor:
+        assert self._file is not None
+        self._file.seek(slot.offset)
+        data = bytearray(self._file.read(slot.nbytes))
+        return torch.frombuffer(data, dtype=slot.dtype).view(slot.shape)
+
     def _admit(self, key: bytes, features: Tensor) -> None:
-        if self.full:
+        if self.full or not self.enabled:  # (switched off by an earlier image of this batch)
             return
         size = features.numel() * features.element_size()
-        if self.used_bytes + size <= self.budget_bytes:
-            self.entries[key] = features.detach().to("cpu", copy=True)
-            self.used_bytes += size
+        if self.used_bytes + size > self.budget_bytes:
+            self._on_full()
             return
+        data = features.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="robotrain-smolvla-images-")
+            self._file.seek(self.used_bytes)
+            self._file.write(data)
+            self._file.flush()
+        except OSError as error:
+            logger.warning("SmolVLA image cache: cannot write its temporary file in %s (%s): switched off; every "
+                           "frame is encoded every time. Fix: point TMPDIR at a disk with room, or set "
+                           "--policy.image_cache_gb lower", tempfile.gettempdir(), error)
+            self.clear()
+            self.enabled = False
+            return
+        self.entries[key] = Slot(self.used_bytes, features.dtype, tuple(features.shape))
+        self.used_bytes += size
+
+    def _on_full(self) -> None:
         if self.hits == 0:
             logger.info("SmolVLA image cache: %d frames stored and none seen again (augmented or ever-new images): "
                         "switched off", len(self.entries))
@@ -83,4 +129,4 @@ class ImageFeatureCache:
             return
         self.full = True
         logger.info("SmolVLA image cache full at %.1f GB (%d frames); frames beyond it are encoded every time. "
-                    "More memory for it: --policy.image_cache_gb", self.used_bytes / 1e9, len(self.entries))
+                    "More room for it: --policy.image_cache_gb", self.used_bytes / 1e9, len(self.entries))
