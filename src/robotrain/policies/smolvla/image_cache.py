@@ -106,7 +106,7 @@ class ImageFeatureCache:
         data = features.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="robotrain-smolvla-images-")
+                self._file = tempfile.TemporaryFile(prefix="robotrain-smolvla-images-")  # noqa: SIM115 (lives with the cache)
             self._file.seek(self.used_bytes)
             self._file.write(data)
             self._file.flush()
