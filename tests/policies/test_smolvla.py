@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -238,8 +239,14 @@ def test_image_cache_is_for_frozen_training_only(backbone):
     policy.train()
     seeded_loss(policy, batch, 0)
     assert policy.model.image_cache.entries
-    policy.load_state_dict(policy.state_dict())  # new weights: the remembered tokens no longer hold
+    copy = deepcopy(policy)  # a copy starts with an empty cache of the same budget, not the same file
+    assert not copy.model.image_cache.entries and policy.model.image_cache.entries
+    assert copy.model.image_cache.budget_bytes == policy.model.image_cache.budget_bytes
+    policy.load_state_dict(policy.state_dict())  # new weights: the stored tokens no longer hold
     assert not policy.model.image_cache.entries and policy.model.image_cache.used_bytes == 0
+    copy.train()
+    seeded_loss(copy, batch, 0)
+    assert copy.model.image_cache.entries
     with pytest.raises(ConfigError, match=r"image_cache_gb=-1.*Fix: e.g. --policy.image_cache_gb=2"):
         make_config(backbone, image_cache_gb=-1).validate()
 

@@ -65,6 +65,13 @@ class ImageFeatureCache:
         self.hits = self.misses = 0
         self._file: IO[bytes] | None = None
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) starts empty: the file belongs to this process and this cache."""
+        return {"budget_bytes": self.budget_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["budget_bytes"])
+
     def encode(self, pixels: Tensor, encoder: Callable[[Tensor], Tensor]) -> Tensor:
         """(N, 3, H, W) pixels -> (N, tokens, D) features: stored ones, and `encoder` on each new image alone."""
         rows = []

@@ -29,8 +29,8 @@ Deviations from LeRobot 0.4.4:
 - Images of empty cameras (empty_cameras) are masked tokens that nothing attends to and that take no position, so
   they are not computed (LeRobot runs the vision tower on them); the same holds for prefix_length padding.
 - Cameras of one size go through the vision tower as one batch; task texts are tokenized once each (tokens.py).
-- In training with a frozen VLM, each distinct frame's image tokens are computed once and remembered
-  (image_cache.py, --policy.image_cache_gb): later epochs skip the vision tower.
+- In training with a frozen VLM, each distinct frame's image tokens are computed once and stored (image_cache.py,
+  --policy.image_cache_gb): later epochs skip the vision tower.
 - use_cache=false recomputes the prefix at every denoising step (the same result; LeRobot 0.4.4 fails there).
 - See expert.py for how the layers run (cached prefix, no autograd graph for the frozen VLM's part).
 """
@@ -104,6 +104,11 @@ def sample_time(batch: int, device: torch.device) -> Tensor:
     return beta.sample((batch,)).to(device=device, dtype=torch.float32) * 0.999 + 0.001
 
 
+def _forget_image_tokens(module: VLAFlowMatching, *_: Any) -> None:
+    """Loaded weights may change the frozen encoder: the stored image tokens no longer hold."""
+    module.image_cache.clear()
+
+
 class VLAFlowMatching(nn.Module):
     """The network on normalized, padded tensors: VLM + expert, state and action projections, flow matching."""
 
@@ -125,8 +130,7 @@ class VLAFlowMatching(nn.Module):
             torch.set_rng_state(seed_state)  # random weights that depend on the seed, not on transformers' version
             self._init_random_weights(init_vlm=not load_weights)
         self.image_cache = ImageFeatureCache(int(config.image_cache_gb * 1e9))
-        # Loaded weights may change the frozen encoder: its remembered outputs no longer hold.
-        self.register_load_state_dict_pre_hook(lambda *_: self.image_cache.clear())
+        self.register_load_state_dict_pre_hook(_forget_image_tokens)
         fake = special_token_id(backbone.tokenizer, "fake_image_token", "<fake_token_around_image>")
         glob = special_token_id(backbone.tokenizer, "global_image_token", "<global-img>")
         self.image_start_ids, self.image_end_ids = [fake, glob], [fake]
