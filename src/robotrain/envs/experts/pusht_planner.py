@@ -94,7 +94,8 @@ def pose_error(pose: tuple[float, float, float]) -> float:
     # Plain floats, not numpy: the planner scores ~10^4 poses per episode and numpy's overhead on 8 points is 6x this.
     x, y, angle = pose
     c, s = math.cos(angle), math.sin(angle)
-    return sum(math.hypot(c * u - s * v + x - gx, s * u + c * v + y - gy) for u, v, gx, gy in _CORNER_PAIRS) / 8
+    distances = (math.hypot(c * u - s * v + x - gx, s * u + c * v + y - gy) for u, v, gx, gy in _CORNER_PAIRS)
+    return sum(distances) / len(_CORNER_PAIRS)
 
 
 def coverage(pose: tuple[float, float, float]) -> float:

@@ -50,7 +50,7 @@ class Slot:
 
     @property
     def nbytes(self) -> int:
-        return torch.Size(self.shape).numel() * torch.empty(0, dtype=self.dtype).element_size()
+        return torch.Size(self.shape).numel() * self.dtype.itemsize
 
 
 class ImageFeatureCache:
@@ -106,17 +106,15 @@ class ImageFeatureCache:
     def _admit(self, key: bytes, features: Tensor) -> None:
         if self.full or not self.enabled:  # (switched off by an earlier image of this batch)
             return
-        size = features.numel() * features.element_size()
-        if self.used_bytes + size > self.budget_bytes:
+        data = features.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+        if self.used_bytes + len(data) > self.budget_bytes:
             self._on_full()
             return
-        data = features.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="robotrain-smolvla-images-")  # noqa: SIM115 (lives with the cache)
-            self._file.seek(self.used_bytes)
+            self._file.seek(self.used_bytes)  # (a later seek to read flushes the write buffer)
             self._file.write(data)
-            self._file.flush()
         except OSError as error:
             logger.warning("SmolVLA image cache: cannot write its temporary file in %s (%s): switched off; every "
                            "frame is encoded every time. Fix: point TMPDIR at a disk with room, or set "
@@ -125,7 +123,7 @@ class ImageFeatureCache:
             self.enabled = False
             return
         self.entries[key] = Slot(self.used_bytes, features.dtype, tuple(features.shape))
-        self.used_bytes += size
+        self.used_bytes += len(data)
 
     def _on_full(self) -> None:
         if self.hits == 0:
