@@ -67,7 +67,7 @@ def help_text(argv, capsys) -> str:
 def test_help_is_scoped_to_chosen_types(capsys):
     generic = help_text(["train", "--help"], capsys)
     assert "--dataset.repo_id=STR   (required)" in generic
-    assert "--policy.type={act|diffusion|smolvla|tdmpc|vqbet}" in generic
+    assert "--policy.type={act|diffusion|mlp|smolvla|tdmpc|vqbet}" in generic
     assert "--policy.chunk_size" not in generic and "add --policy.type=NAME with --help" in generic
     act = help_text(["train", "--policy.type=act", "--help"], capsys)
     assert "--policy.chunk_size=INT   (default: 100)" in act and "Actions predicted per forward pass" in act

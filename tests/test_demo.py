@@ -16,7 +16,7 @@ def test_demo_records_trains_evaluates_and_reuses_its_recording(workdir, capsys)
     flags = ["--num_episodes=2", "--steps=4", "--eval_episodes=1", f"--root={root}"]
     assert main(["demo", *flags, f"--output_dir={workdir / 'first'}"]) == 0
     out = capsys.readouterr().out
-    assert "demo done:" in out and "robotrain train --policy.type=act" in out
+    assert "demo done:" in out and "robotrain train --policy.type=mlp" in out
     info = json.loads((workdir / "first" / "eval" / "eval_info.json").read_text())
     assert len(info["per_episode"]) == 1 and len(info["video_paths"]) == 1
     assert (workdir / "first" / "train" / "plots" / "loss.png").is_file()

@@ -22,7 +22,7 @@ from robotrain.policies.vqbet.configuration import VQBeTSchedulerConfig
 
 
 def test_registered_policy_types():
-    assert sorted(PolicyConfig.get_known_choices()) == ["act", "diffusion", "smolvla", "tdmpc", "vqbet"]
+    assert sorted(PolicyConfig.get_known_choices()) == ["act", "diffusion", "mlp", "smolvla", "tdmpc", "vqbet"]
     assert sorted(EnvConfig.get_known_choices()) == ["aloha", "pusht", "xarm"]
     assert sorted(OptimizerConfig.get_known_choices()) == ["adam", "adamw", "sgd"]
     assert {"diffuser", "cosine", "vqbet", "cosine_decay_with_warmup"} <= set(LRSchedulerConfig.get_known_choices())

@@ -14,9 +14,10 @@ import torch
 from robotrain.configs.types import FeatureType, PolicyFeature
 from robotrain.errors import ConfigError, UserError
 from robotrain.policies import DiffusionConfig, DiffusionPolicy, make_policy
-from robotrain.policies.diffusion.modeling import EMA, center_crop, random_crop
+from robotrain.policies.diffusion.modeling import center_crop, random_crop
 from robotrain.policies.diffusion.noise import NoiseScheduler, leading_timesteps, make_betas
 from robotrain.policies.diffusion.unet import GemmConv1d
+from robotrain.policies.ema import EMA
 
 VISUAL, STATE, ENV, ACTION = FeatureType.VISUAL, FeatureType.STATE, FeatureType.ENV, FeatureType.ACTION
 TINY = {"horizon": 8, "n_action_steps": 4, "down_dims": (16, 32), "kernel_size": 3, "n_groups": 4,

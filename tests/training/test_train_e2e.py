@@ -21,6 +21,8 @@ TINY = {
                   "--policy.n_action_steps=4", "--policy.crop_shape=[28,40]", "--policy.diffusion_step_embed_dim=8",
                   "--policy.spatial_softmax_num_keypoints=4", "--policy.num_train_timesteps=10",
                   "--policy.drop_n_last_frames=2"],
+    "mlp": ["--policy.type=mlp", "--policy.hidden_dim=16", "--policy.n_blocks=1", "--policy.chunk_size=4",
+            "--policy.n_action_steps=4", "--policy.n_obs_steps=2"],
     # A built-in tiny SmolVLM (no download); its image cache on, as by default.
     "smolvla": ["--policy.type=smolvla", "--policy.vlm_model_name=builtin:tiny-smolvlm",
                 "--policy.resize_imgs_with_padding=[32,32]", "--policy.chunk_size=4", "--policy.n_action_steps=4",
@@ -67,7 +69,7 @@ def test_checkpoints_follow_lerobots_layout(workdir, dataset, policy):
     assert {p.name for p in (run / "plots").iterdir()} >= {"loss.png", "lr.png", "grad_norm.png"}
 
 
-@pytest.mark.parametrize("policy", ["act", "diffusion", "smolvla"])
+@pytest.mark.parametrize("policy", ["act", "diffusion", "mlp", "smolvla"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(workdir, dataset, policy):
     full = workdir / "full"
     assert run_train(dataset, policy, "--steps=6", "--save_freq=3", f"--output_dir={full}") == 0

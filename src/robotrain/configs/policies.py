@@ -147,6 +147,13 @@ def check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
                           f"use --policy.{field_name}={choices[0]}")
 
 
+def check_ema(power: float, max_decay: float) -> None:
+    """The weight EMA's decay 1 - (1 + step) ** -power, capped at max_decay, must stay in [0, 1)."""
+    if not 0 <= max_decay < 1 or power <= 0:
+        raise ConfigError("ema_max_decay" if power > 0 else "ema_power", max_decay if power > 0 else power,
+                          "needs 0 <= ema_max_decay < 1 and ema_power > 0", "keep 0.9999 and 0.75 (the paper's)")
+
+
 def check_group_norm(use_group_norm: bool, pretrained_weights: str | None) -> None:
     """Group norm replaces the backbone's batch norms, whose statistics pretrained weights need."""
     if use_group_norm and pretrained_weights:

@@ -58,6 +58,11 @@ class EnvConfig(draccus.ChoiceRegistry):
         raise NotImplementedError
 
     @property
+    def feature_names(self) -> dict[str, list[str]]:
+        """Per-dimension names of vector features, stored in a recorded dataset's info.json (none by default)."""
+        return {}
+
+    @property
     def input_features(self) -> dict[str, PolicyFeature]:
         """What a policy evaluated in this env is fed: every feature but the action."""
         return {key: ft for key, ft in self.features.items() if ft.type is not FeatureType.ACTION}
@@ -70,6 +75,10 @@ class EnvConfig(draccus.ChoiceRegistry):
     @property
     def gym_kwargs(self) -> dict[str, Any]:
         return {"obs_type": self.obs_type, "render_mode": self.render_mode, "max_episode_steps": self.episode_length}
+
+    def wrap(self, env: Any) -> Any:
+        """The gym env as this obs_type presents it: gym's own, unless robotrain defines the obs_type (block_frame)."""
+        return env
 
     def validate(self) -> None:
         if self.task not in self.tasks:
@@ -101,7 +110,8 @@ class PushtEnv(EnvConfig):
     episode_length: int = 300
     """Steps before an episode is truncated."""
     obs_type: str = "pixels_agent_pos"
-    """pixels_agent_pos (96x96 camera + 2-D position) or environment_state_agent_pos (16 keypoints + position)."""
+    """pixels_agent_pos (96x96 camera + 2-D position), environment_state_agent_pos (16 keypoints + position) or
+    block_frame (pointer and goal in the T's own frame, actions too: learns far faster; envs/pusht_block_frame.py)."""
     visualization_width: int = 384
     """Width of rendered videos."""
     visualization_height: int = 384
@@ -109,7 +119,7 @@ class PushtEnv(EnvConfig):
 
     package_name = "gym_pusht"
     tasks = ("PushT-v0",)
-    obs_types = ("pixels_agent_pos", "environment_state_agent_pos")
+    obs_types = ("pixels_agent_pos", "environment_state_agent_pos", "block_frame")
     task_descriptions = {"PushT-v0": "Push the T-shaped block onto the target."}
 
     @property
@@ -117,6 +127,8 @@ class PushtEnv(EnvConfig):
         feats = {OBS_STATE: PolicyFeature(FeatureType.STATE, (2,))}
         if self.obs_type == "pixels_agent_pos":
             feats[OBS_IMAGE] = PolicyFeature(FeatureType.VISUAL, (3, 96, 96))
+        elif self.obs_type == "block_frame":  # the goal's origin and (sin, cos) of the turn left
+            feats[OBS_ENV_STATE] = PolicyFeature(FeatureType.ENV, (4,))
         else:
             feats[OBS_ENV_STATE] = PolicyFeature(FeatureType.ENV, (16,))
         feats[ACTION] = PolicyFeature(FeatureType.ACTION, (2,))
@@ -128,9 +140,27 @@ class PushtEnv(EnvConfig):
                 "environment_state": OBS_ENV_STATE, ACTION: ACTION}
 
     @property
+    def feature_names(self) -> dict[str, list[str]]:
+        if self.obs_type == "block_frame":
+            env_state = ["goal_x", "goal_y", "sin_turn", "cos_turn"]
+        else:
+            env_state = [f"keypoint_{i}_{axis}" for i in range(8) for axis in "xy"]
+        return {OBS_STATE: ["x", "y"], ACTION: ["x", "y"], OBS_ENV_STATE: env_state}
+
+    @property
     def gym_kwargs(self) -> dict[str, Any]:
-        return {**super().gym_kwargs, "visualization_width": self.visualization_width,
-                "visualization_height": self.visualization_height}
+        kwargs = {**super().gym_kwargs, "visualization_width": self.visualization_width,
+                  "visualization_height": self.visualization_height}
+        if self.obs_type == "block_frame":  # gym-pusht gives world keypoints, which `wrap` turns into the T's frame
+            kwargs["obs_type"] = "environment_state_agent_pos"
+        return kwargs
+
+    def wrap(self, env: Any) -> Any:
+        if self.obs_type != "block_frame":
+            return env
+        from robotrain.envs.pusht_block_frame import BlockFrame
+
+        return BlockFrame(env)
 
 
 @EnvConfig.register_subclass("aloha")
@@ -168,6 +198,13 @@ class AlohaEnv(EnvConfig):
         # gym-aloha nests the camera under "pixels" with pixels_agent_pos and puts it at the top level with pixels.
         return {"pixels/top": f"{OBS_IMAGES}.top", "top": f"{OBS_IMAGES}.top",
                 "agent_pos": OBS_STATE, ACTION: ACTION}
+
+    @property
+    def feature_names(self) -> dict[str, list[str]]:
+        # As LeRobot's ALOHA datasets name the 14 joints.
+        joints = [f"{side}_{joint}" for side in ("left", "right") for joint in
+                  ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")]
+        return {OBS_STATE: joints, ACTION: joints}
 
 
 @EnvConfig.register_subclass("xarm")
@@ -213,6 +250,11 @@ class XarmEnv(EnvConfig):
     @property
     def features_map(self) -> dict[str, str]:
         return {"pixels": OBS_IMAGE, "agent_pos": OBS_STATE, ACTION: ACTION}
+
+    @property
+    def feature_names(self) -> dict[str, list[str]]:
+        # The grasp site relative to the table centre and the gripper opening; actions move the site, grip.
+        return {OBS_STATE: ["x", "y", "z", "gripper"], ACTION: ["dx", "dy", "dz", "gripper"]}
 
     @property
     def gym_kwargs(self) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def build_env(cfg: EnvConfig, owner_pid: int | None = None) -> gym.Env:
     env = gym.make(cfg.gym_id, disable_env_checker=True, **cfg.gym_kwargs)
     if cfg.type == "aloha":
         _render_only_top_camera(env)
-    return env
+    return cfg.wrap(env)
 
 
 def import_sim(cfg: EnvConfig) -> None:

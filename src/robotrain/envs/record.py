@@ -31,7 +31,7 @@ from typing import Any
 import draccus
 import numpy as np
 
-from robotrain.configs.types import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD, SUCCESS, FeatureType
+from robotrain.configs.types import ACTION, DONE, REWARD, SUCCESS, FeatureType
 from robotrain.datasets.format import INFO_PATH, read_info
 from robotrain.datasets.hub import DatasetLocation
 from robotrain.datasets.video import VideoEncoding
@@ -49,20 +49,6 @@ logger = logging.getLogger(__name__)
 
 SIDECAR_PATH = "meta/record_sim.json"
 VCODECS = ("libsvtav1", "av1", "h264", "libx264", "hevc", "libx265")
-
-_ALOHA_JOINTS = [f"{side}_{joint}" for side in ("left", "right")
-                 for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")]
-# Per-dimension names stored in info.json (LeRobot's ALOHA datasets name the 14 joints the same way).
-VECTOR_NAMES: dict[tuple[str, str], list[str]] = {
-    ("aloha", OBS_STATE): _ALOHA_JOINTS,
-    ("aloha", ACTION): _ALOHA_JOINTS,
-    ("pusht", OBS_STATE): ["x", "y"],
-    ("pusht", ACTION): ["x", "y"],
-    ("pusht", OBS_ENV_STATE): [f"keypoint_{i}_{axis}" for i in range(8) for axis in "xy"],
-    # xArm: the grasp site relative to the table centre and the gripper opening; actions move the site, grip.
-    ("xarm", OBS_STATE): ["x", "y", "z", "gripper"],
-    ("xarm", ACTION): ["dx", "dy", "dz", "gripper"],
-}
 
 
 @dataclass
@@ -175,7 +161,7 @@ def dataset_features(env_cfg: EnvConfig) -> dict[str, dict[str, Any]]:
             features[key] = {"dtype": "video", "shape": [height, width, channels],
                              "names": ["height", "width", "channels"]}
         else:
-            names = VECTOR_NAMES.get((env_cfg.type, key))
+            names = env_cfg.feature_names.get(key)
             features[key] = {"dtype": "float32", "shape": list(feature.shape), "names": names}
     features[REWARD] = {"dtype": "float32", "shape": [1], "names": None}
     features[SUCCESS] = {"dtype": "bool", "shape": [1], "names": None}

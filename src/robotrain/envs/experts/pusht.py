@@ -34,6 +34,7 @@ def demonstrate_pusht(env_cfg: PushtEnv, seed: int, render: bool = True) -> Demo
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     importlib.import_module(env_cfg.package_name)  # Registers the gym ids.
     from robotrain.envs.experts.pusht_planner import PushPlanner, SceneState
+    from robotrain.envs.pusht_block_frame import BlockFrame
 
     kwargs = env_cfg.gym_kwargs
     if not render:
@@ -41,7 +42,9 @@ def demonstrate_pusht(env_cfg: PushtEnv, seed: int, render: bool = True) -> Demo
     # Observation keys this obs type records, with their (H, W, 3) or (D,) shapes; cameras only when rendering.
     keep = {key: _frame_shape(feature.type, feature.shape) for key, feature in env_cfg.features.items()
             if key.startswith("observation.") and (render or feature.type != FeatureType.VISUAL)}
-    env = gym.make(env_cfg.gym_id, **kwargs)
+    env = env_cfg.wrap(gym.make(env_cfg.gym_id, **kwargs))
+    # The planner works in world coordinates; an env in the T's frame takes its targets in that frame.
+    to_action = env.world_to_action if isinstance(env, BlockFrame) else np.asarray
     try:
         raw, _ = env.reset(seed=seed)
         planner = PushPlanner()
@@ -56,7 +59,7 @@ def demonstrate_pusht(env_cfg: PushtEnv, seed: int, render: bool = True) -> Demo
                                    seed, len(actions))
                     break
                 pending = list(plan.targets)
-            action = pending.pop(0)
+            action = to_action(pending.pop(0))
             for key, value in flatten_observation(raw, env_cfg.features_map).items():
                 if key in keep:
                     frames[key].append(value)

@@ -16,6 +16,7 @@ from robotrain.configs.policies import (
     PolicyConfig,
     check_at_most,
     check_choice,
+    check_ema,
     check_group_norm,
     check_positive,
     check_resnet,
@@ -171,10 +172,7 @@ class DiffusionConfig(PolicyConfig):
                                   "e.g. [84,84], or null")
         if self.crop_ratio is not None and not 0 < self.crop_ratio <= 1:
             raise ConfigError("crop_ratio", self.crop_ratio, "must be in (0, 1]", "e.g. 0.9, or null")
-        if not 0 <= self.ema_max_decay < 1 or self.ema_power <= 0:
-            raise ConfigError("ema_max_decay" if self.ema_power > 0 else "ema_power",
-                              self.ema_max_decay if self.ema_power > 0 else self.ema_power,
-                              "needs 0 <= ema_max_decay < 1 and ema_power > 0", "keep 0.9999 and 0.75 (the paper's)")
+        check_ema(self.ema_power, self.ema_max_decay)
         check_group_norm(self.use_group_norm, self.pretrained_backbone_weights)
         if self.drop_n_last_frames < 0:
             raise ConfigError("drop_n_last_frames", self.drop_n_last_frames, "cannot be negative", "use 0 or more")
