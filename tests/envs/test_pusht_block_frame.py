@@ -120,3 +120,12 @@ def test_expert_records_in_the_frame_and_its_actions_replay():
         raw, reward, terminated, _, info = env.step(action)
     env.close()
     assert terminated and info["is_success"]
+
+
+def test_recorded_datasets_name_each_dimension():
+    from robotrain.envs.record import dataset_features
+
+    features = dataset_features(CFG)
+    assert features[OBS_ENV_STATE]["names"] == ["goal_x", "goal_y", "sin_turn", "cos_turn"]
+    assert features[OBS_STATE]["names"] == ["x", "y"] and features["action"]["names"] == ["x", "y"]
+    assert len(dataset_features(PushtEnv(obs_type="environment_state_agent_pos"))[OBS_ENV_STATE]["names"]) == 16
