@@ -83,6 +83,8 @@ CASES = [
     (f"train {ACT} --dataset.video_backend=ffmpeg", r"--dataset\.video_backend=ffmpeg: is not a video backend"),
     (f"train {ACT} --env.type=aloha --env.task=AlohaInsertion-v1", r"--env\.task=AlohaInsertion-v1: is not a aloha task.*did you mean --env\.task=AlohaInsertion-v0\?"),
     (f"train {ACT} --env.type=pusht --env.obs_type=rgb", r"--env\.obs_type=rgb: is not an observation type of pusht"),
+    (f"train {ACT} --env.type=pusht --env.obs_type=block_frme",
+     r"--env\.obs_type=block_frme: is not an observation type of pusht.*did you mean --env\.obs_type=block_frame\?"),
     (f"train {ACT} --eval.n_episodes=5 --eval.batch_size=10", r"--eval\.batch_size=10: is more environments than episodes"),
     (f"train {ACT} --wandb.mode=cloud", r"--wandb\.mode=cloud: is not a W&B mode"),
     (f"train {ACT} --policy.device=gpu", r"--policy\.device=gpu: is not a device"),

@@ -87,8 +87,10 @@ class EnvConfig(draccus.ChoiceRegistry):
             raise ConfigError("task", self.task, f"is not a {self.type} task (choose one of {', '.join(self.tasks)})",
                               hint)
         if self.obs_type not in self.obs_types:
+            guess = did_you_mean(self.obs_type, self.obs_types)
             raise ConfigError("obs_type", self.obs_type,
                               f"is not an observation type of {self.type} (choose one of {', '.join(self.obs_types)})",
+                              f"did you mean --env.obs_type={guess}?" if guess else
                               f"use --env.obs_type={self.obs_types[0]}")
         for name in ("fps", "episode_length"):
             if getattr(self, name) < 1:

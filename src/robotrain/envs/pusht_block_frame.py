@@ -12,8 +12,9 @@ the same push.
                                                 the turn still needed as (sin, cos)
     action (2): pointer target   <──────────    action (2): pointer target, in the frame of the step's observation
 
-Measured on PushT (docs/benchmarks.md, "A demo that learns"): the same small policies that reach ~0.2 average
-coverage on world keypoints reach 70-80% success in this frame, in the same few minutes of CPU training.
+Measured on PushT (docs/benchmarks.md, "A demo that learns"), a few CPU minutes of training on the same
+demonstrations: an MLP that stays near 0.2 average best coverage on world keypoints succeeds on 72-84% of unseen
+episodes in this frame, and ACT goes from 0.25 to 0.85 average best coverage.
 The walls are not observed: they matter only for the rare push that reaches them.
 """
 
@@ -58,12 +59,11 @@ class BlockFrame(gym.Wrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        bound = FRAME_BOUND
         self.observation_space = gym.spaces.Dict({
-            "agent_pos": gym.spaces.Box(-bound, bound, (2,), np.float64),
-            "environment_state": gym.spaces.Box(-bound, bound, (4,), np.float64),
+            "agent_pos": gym.spaces.Box(-FRAME_BOUND, FRAME_BOUND, (2,), np.float64),
+            "environment_state": gym.spaces.Box(-FRAME_BOUND, FRAME_BOUND, (4,), np.float64),
         })
-        self.action_space = gym.spaces.Box(-bound, bound, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-FRAME_BOUND, FRAME_BOUND, (2,), np.float32)
         self._pose: tuple[float, float, float] | None = None
 
     def reset(self, **kwargs: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

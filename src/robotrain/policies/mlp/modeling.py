@@ -7,9 +7,9 @@
         ▼
     chunk of actions (B, chunk_size, A), L1 against the recorded chunk (padded steps left out)
 
-It sees no cameras, so it suits tasks whose state says everything (PushT in the T's frame: 72-82% success after
-five minutes of one CPU core, docs/benchmarks.md). It acts with an EMA of its weights (as Diffusion Policy), which
-added ~15 points of success there against the raw weights with a constant learning rate.
+It sees no cameras, so it suits tasks whose state says everything (PushT in the T's frame: 84% success after
+3 minutes of training on 2 CPU cores, docs/benchmarks.md). It acts with an EMA of its weights (as Diffusion Policy):
+with the raw weights and a constant learning rate a prototype reached 56% instead of 72% there.
 """
 
 from __future__ import annotations
