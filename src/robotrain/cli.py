@@ -187,12 +187,9 @@ def _dataset_record_sim(argv: list[str]) -> int:
         print(f"robotrain dataset record-sim: only {report.episodes} of {cfg.num_episodes} episodes after "
               f"{cfg.attempt_limit()} seeds; rerun with a larger --max_attempts to continue", file=sys.stderr)
         return EXIT_FAILED
-    # In the T's frame PushT is state only, where the MLP learns fastest (docs/benchmarks.md, "A demo that learns").
-    policy = "mlp" if cfg.env.obs_type == "block_frame" else {"aloha": "act", "pusht": "diffusion"}.get(cfg.env.type,
-                                                                                                         "act")
     env = f"--env.type={cfg.env.type} --env.task={cfg.env.task} --env.obs_type={cfg.env.obs_type}"
     print(f"train on it: robotrain train --dataset.repo_id={cfg.repo_id} --dataset.root={report.root} "
-          f"--policy.type={policy} {env}")
+          f"--policy.type={cfg.env.suggested_policy} {env}")
     return EXIT_OK
 
 

@@ -129,3 +129,11 @@ def test_recorded_datasets_name_each_dimension():
     assert features[OBS_ENV_STATE]["names"] == ["goal_x", "goal_y", "sin_turn", "cos_turn"]
     assert features[OBS_STATE]["names"] == ["x", "y"] and features["action"]["names"] == ["x", "y"]
     assert len(dataset_features(PushtEnv(obs_type="environment_state_agent_pos"))[OBS_ENV_STATE]["names"]) == 16
+
+
+def test_record_sim_suggests_the_policy_that_fits_the_observations():
+    from robotrain.envs.configs import AlohaEnv
+
+    assert CFG.suggested_policy == "mlp"
+    assert PushtEnv(obs_type="environment_state_agent_pos").suggested_policy == "diffusion"
+    assert AlohaEnv().suggested_policy == "act"

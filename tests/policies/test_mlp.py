@@ -113,3 +113,14 @@ def test_it_fits_a_chunk_that_depends_on_the_state():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-20:]) / 20 < 0.2 * sum(losses[:20]) / 20
+
+
+def test_one_observation_step_acts_from_the_latest_chunk():
+    policy = make(n_obs_steps=1)
+    first, second = observation(1), observation(2)
+    policy.reset()
+    actions = [policy.select_action(obs) for obs in (first, second, second, second)]
+    chunk_1, chunk_2 = policy.predict_action_chunk(first), policy.predict_action_chunk(second)
+    for i in range(3):
+        assert torch.equal(actions[i], chunk_1[:, i])
+    assert torch.equal(actions[3], chunk_2[:, 0])  # a new chunk from the observation of the fourth call

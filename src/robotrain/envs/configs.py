@@ -80,6 +80,11 @@ class EnvConfig(draccus.ChoiceRegistry):
         """The gym env as this obs_type presents it: gym's own, unless robotrain defines the obs_type (block_frame)."""
         return env
 
+    @property
+    def suggested_policy(self) -> str:
+        """The policy type to train first on data recorded with these settings (named after a recording)."""
+        return "act"
+
     def validate(self) -> None:
         if self.task not in self.tasks:
             guess = did_you_mean(self.task, self.tasks)
@@ -156,6 +161,11 @@ class PushtEnv(EnvConfig):
         if self.obs_type == "block_frame":  # gym-pusht gives world keypoints, which `wrap` turns into the T's frame
             kwargs["obs_type"] = "environment_state_agent_pos"
         return kwargs
+
+    @property
+    def suggested_policy(self) -> str:
+        # State only in the T's frame, where the MLP learns fastest (docs/benchmarks.md, "A demo that learns").
+        return "mlp" if self.obs_type == "block_frame" else "diffusion"
 
     def wrap(self, env: Any) -> Any:
         if self.obs_type != "block_frame":

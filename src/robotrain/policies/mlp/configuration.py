@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from robotrain.configs.policies import PolicyConfig, check_at_most, check_ema, check_positive
-from robotrain.configs.types import ACTION, FeatureType, NormalizationMode
+from robotrain.configs.types import ACTION, FeatureType, NormalizationMode, PolicyFeature
 from robotrain.errors import ConfigError
 from robotrain.optim.optimizers import AdamWConfig
 from robotrain.optim.schedulers import DiffuserSchedulerConfig
@@ -76,7 +76,7 @@ class MLPConfig(PolicyConfig):
         check_ema(self.ema_power, self.ema_max_decay)
 
     @property
-    def state_features(self) -> dict[str, object]:
+    def state_features(self) -> dict[str, PolicyFeature]:
         """The inputs the MLP reads, in the order it concatenates them."""
         return {k: f for k, f in sorted(self.input_features.items()) if f.type in STATE_TYPES}
 

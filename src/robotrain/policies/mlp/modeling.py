@@ -132,7 +132,7 @@ class MLPPolicy(Policy):
         if not self._action_queue:
             chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
             self._action_queue.extend(chunk.transpose(0, 1))
-        else:
+        elif self.config.n_obs_steps > 1:  # the next chunk needs the observations seen in between
             self._remember(self._observation(batch))
         return self._action_queue.popleft()
 
